@@ -1,0 +1,1 @@
+"""Datasets, splits, gene panels, image encoders and the embedding cache (``flag_bench.datasets``)."""

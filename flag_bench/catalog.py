@@ -1,0 +1,58 @@
+"""The registries and their built-in entries (as lazy "module:attr" strings)."""
+
+from __future__ import annotations
+
+from flag_bench.registry import Registry
+
+METHODS: Registry = Registry(
+    "methods",
+    {
+        "mean": "flag_bench.methods.controls:MeanControl",
+        "ridge": "flag_bench.methods.controls:RidgeControl",
+        "knn": "flag_bench.methods.controls:KNNControl",
+        "flag": "flag_bench.methods.flag:Flag",
+        "flag-paper": "flag_bench.methods.flag:FlagPaper",
+        "flag-joint": "flag_bench.methods.flag:FlagJoint",
+        "flag-node": "flag_bench.methods.flag:FlagNodeOnly",
+        "flag-no-gfm": "flag_bench.methods.flag:FlagNoGFM",
+        "flag-no-graph": "flag_bench.methods.flag:FlagNoGraph",
+        "flag-regression": "flag_bench.methods.flag:FlagRegression",
+        "stem": "flag_bench.methods.stem:Stem",
+    },
+)
+
+DATASETS: Registry = Registry(
+    "datasets",
+    {
+        "her2st-mini": "flag_bench.datasets.her2st_mini:load",
+        "synthetic": "flag_bench.datasets.synthetic:load",
+    },
+)
+
+ENCODERS: Registry = Registry(
+    "encoders",
+    {
+        "efficientnet-lite0": "flag_bench.datasets.encoders:EfficientNetLite0",
+        "color-stats": "flag_bench.datasets.encoders:ColorStats",
+    },
+)
+
+PANELS: Registry = Registry(
+    "panels",
+    {
+        "hmhvg": "flag_bench.datasets.panels:HMHVG",
+        "hvg": "flag_bench.datasets.panels:HVG",
+        "file": "flag_bench.datasets.panels:FilePanel",
+    },
+)
+
+METRICS: Registry = Registry(
+    "metrics",
+    {
+        "pcc": "flag_bench.metrics.core:PCC",
+        "error": "flag_bench.metrics.core:ERROR",
+        "pcc_pooled": "flag_bench.metrics.core:PCC_POOLED",
+    },
+)
+
+ALL = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "encoders": ENCODERS, "panels": PANELS}

@@ -1,0 +1,1 @@
+"""Methods behind one fit/predict contract (``flag_bench.methods``)."""

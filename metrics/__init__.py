@@ -1,0 +1,1 @@
+"""Metrics: pure functions on arrays plus the metadata the runner and report need."""

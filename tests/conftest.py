@@ -1,0 +1,56 @@
+"""Shared fixtures: small in-memory TrainData/TestData and isolated caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # embeddings computed by tests never land in the user's cache
+    monkeypatch.setenv("FLAG_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "embed-cache"))
+
+
+def make_views(n_train_slides=3, n_test_slides=1, n_spots=48, n_genes=12, emb_dim=16, seed=0):
+    """Smooth spatial expression driven by a hidden state that the embeddings also see.
+
+    Returns (TrainData, TestData, test truths list).
+    """
+    from flag_bench.datasets.views import SlideInput, TestData, TrainData, TrainSlide
+
+    rng = np.random.default_rng(seed)
+    load = rng.normal(size=(4, n_genes))
+    proj = rng.normal(size=(4, emb_dim))
+    side = int(np.ceil(np.sqrt(n_spots)))
+
+    def slide(i):
+        xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n_spots]
+        coords = xy.astype(np.float32) * 100.0
+        phase = rng.uniform(0, 2 * np.pi, size=4)
+        h = np.sin(xy[:, :1] / 2.0 + phase) + np.cos(xy[:, 1:] / 3.0 + phase)
+        mu = np.exp(1.0 + 0.5 * h @ load / np.sqrt(4))
+        counts = rng.poisson(mu).astype(np.int32)
+        emb = (h @ proj + 0.3 * rng.normal(size=(n_spots, emb_dim))).astype(np.float32)
+        tiles = lambda: np.zeros((n_spots, 32, 32, 3), dtype=np.uint8)
+        base = dict(slide_id=f"S{i}", patient=f"P{i}", barcodes=np.array([f"b{j}" for j in range(n_spots)]),
+                    coords_um=coords, embeddings=emb, tiles=tiles, spot_diameter_um=55.0)
+        return base, counts
+
+    genes = tuple(f"G{g}" for g in range(n_genes))
+    common = dict(genes=genes, gene_ids=("",) * n_genes, target_transform="log1p", dataset="unit")
+    train_slides = []
+    for i in range(n_train_slides):
+        base, counts = slide(i)
+        train_slides.append(TrainSlide(**base, targets=np.log1p(counts).astype(np.float32), counts=counts))
+    test_slides, truths = [], []
+    for i in range(n_train_slides, n_train_slides + n_test_slides):
+        base, counts = slide(i)
+        test_slides.append(SlideInput(**base))
+        truths.append(np.log1p(counts).astype(np.float32))
+    return TrainData(**common, slides=tuple(train_slides)), TestData(**common, slides=tuple(test_slides)), truths
+
+
+@pytest.fixture
+def views():
+    return make_views()
