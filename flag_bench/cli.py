@@ -45,6 +45,22 @@ def _csv(value: Optional[str], cast=str, what: str = "") -> Optional[tuple]:
         raise UserError(f"{what} {value}: expected comma-separated {cast.__name__}s, e.g. {what} 50,200") from None
 
 
+def _dataset_list(value: Optional[str]) -> Optional[tuple]:
+    """Datasets are comma-separated and so are their parameters: a 'key=value' chunk without
+    a ':' continues the previous dataset (synthetic:n_slides=3,n_genes=500,her2st-mini)."""
+    if value is None:
+        return None
+    out: list[str] = []
+    for chunk in filter(None, (c.strip() for c in value.split(","))):
+        if "=" in chunk and ":" not in chunk and out:
+            out[-1] += "," + chunk
+        else:
+            out.append(chunk)
+    if not out:
+        raise UserError("--datasets: empty list")
+    return tuple(out)
+
+
 @app.command()
 def run(
     datasets: Optional[str] = typer.Option(None, "--datasets", "-d", help="Comma-separated datasets; parameters as name:key=value (default her2st-mini)."),
@@ -72,7 +88,7 @@ def run(
         from flag_bench.config import build_config
 
         cli = dict(
-            datasets=_csv(datasets, what="--datasets"), methods=_csv(methods, what="--methods"),
+            datasets=_dataset_list(datasets), methods=_csv(methods, what="--methods"),
             genes=_csv(genes, int, "--genes"), panel=panel, split=split, folds=_csv(folds, int, "--folds"),
             seeds=_csv(seeds, int, "--seeds"), preset=preset, device=device, encoder=encoder,
             target_transform=target_transform, results_dir=str(results_dir) if results_dir else None,

@@ -1,0 +1,156 @@
+"""``her2st-mini``: the embedded real dataset (six her2st sections with H&E, ~1.2k spots).
+
+Everything comes from the package data file ``data/her2st_mini.h5`` (built by
+``scripts/build_her2st_mini.py``); nothing is downloaded and no other folder is read. Counts,
+coordinates and metadata are read eagerly (small); patches are stored as one JPEG per spot
+covering a fixed field and are decoded lazily, per request, by ``Slide.tile_reader``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
+from flag_bench.errors import UserError
+
+DATA_FILE = Path(__file__).resolve().parent / "data" / "her2st_mini.h5"
+NAME = "her2st-mini"
+
+# (path, size, mtime_ns) -> version; hashing 12 MB costs ~30 ms, so pay it once per process
+_VERSION_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_version(path: Path) -> str:
+    """First 12 hex digits of the file's sha256 (memoised on path, size and mtime)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERSION_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _VERSION_MEMO[key] = h.hexdigest()[:12]
+    return _VERSION_MEMO[key]
+
+
+def _str_array(ds) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object).astype(str)
+
+
+class JpegTileReader:
+    """Serves ``PatchSpec(size_um, size_px)`` tiles from the stored per-spot JPEGs.
+
+    The stored patch covers ``stored_um`` of tissue at ``stored_px`` pixels, centred on the spot;
+    a request crops the central ``size_um`` and resamples it to ``size_px``. Picklable (holds only
+    the path), so slides can cross process boundaries.
+    """
+
+    def __init__(self, path: Path, stored_um: float, stored_px: int):
+        self.path = Path(path)
+        self.stored_um = float(stored_um)
+        self.stored_px = int(stored_px)
+
+    def __call__(self, slide: Slide, patch: PatchSpec) -> np.ndarray:
+        """uint8 (n_spots, size_px, size_px, 3)."""
+        from PIL import Image
+
+        if patch.size_um > self.stored_um + 1e-6:
+            raise UserError(
+                f"patch size {patch.size_um:g} um: her2st-mini stores {self.stored_um:g}-um patches only; "
+                f"use --patch-um <= {self.stored_um:g}"
+            )
+        if patch.size_px < 1:
+            raise UserError(f"patch size {patch.size_px} px: must be a positive number of pixels")
+        side = patch.size_um / self.stored_um * self.stored_px
+        lo = (self.stored_px - side) / 2.0
+        box = (lo, lo, lo + side, lo + side)
+        whole = abs(side - self.stored_px) < 1e-6
+        with h5py.File(self.path, "r") as f:
+            blobs = f["slides"][slide.id]["tiles"][()]
+        out = np.empty((len(blobs), patch.size_px, patch.size_px, 3), dtype=np.uint8)
+        for i, b in enumerate(blobs):
+            img = Image.open(io.BytesIO(b.tobytes())).convert("RGB")
+            if whole and patch.size_px == self.stored_px:
+                out[i] = np.asarray(img)
+                continue
+            # resize with a sub-pixel box: bicubic up, and PIL's antialiasing filter when shrinking
+            out[i] = np.asarray(
+                img.resize((patch.size_px, patch.size_px), Image.Resampling.BICUBIC, box=None if whole else box)
+            )
+        return out
+
+
+def load(path: str | os.PathLike | None = None) -> SpatialDataset:
+    """Load her2st-mini: 6 slides (B4; C2-C6), 2 patients, one pool of >= 2,000 genes.
+
+    ``path`` overrides the package data file (tests, rebuilt files).
+    """
+    p = Path(path) if path is not None else DATA_FILE
+    if not p.is_file():
+        raise UserError(
+            f"{p}: her2st-mini data file is missing; reinstall flag-bench or rebuild it with "
+            "scripts/build_her2st_mini.py"
+        )
+    version = file_version(p)
+    with h5py.File(p, "r") as f:
+        a = dict(f.attrs)
+        genes = tuple(str(g) for g in _str_array(f["genes"]))
+        gene_ids = tuple(str(g) for g in _str_array(f["gene_ids"]))
+        reader = JpegTileReader(p, float(a["patch_um"]), int(a["patch_px"]))
+        slides = []
+        for sid in f["slides"]:
+            g = f["slides"][sid]
+            c = g["counts"]
+            counts = sp.csr_matrix(
+                (c["data"][()], c["indices"][()], c["indptr"][()]), shape=tuple(int(v) for v in c.attrs["shape"])
+            )
+            ga = g.attrs
+            slides.append(Slide(
+                id=str(sid),
+                patient=str(ga["patient"]),
+                counts=counts,
+                barcodes=_str_array(g["barcodes"]),
+                coords=g["coords"][()].astype(np.float64),
+                pixel_size_um=float(ga["pixel_size_um"]),
+                spot_diameter_um=float(ga["spot_diameter_um"]),
+                tile_reader=reader,
+                meta={
+                    "annotations": g["annotations"][()].astype(np.int64),
+                    "annotations_source": "authors' expression-based clusters (res/ST-cluster/lbl), -1 = none",
+                    "array_xy": g["array_xy"][()],
+                    "image_file": str(ga["image_file"]),
+                    "image_size": (int(ga["image_w"]), int(ga["image_h"])),
+                },
+            ))
+    order = {"B4": 0, "C2": 1, "C3": 2, "C4": 3, "C5": 4, "C6": 5}
+    slides.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
+    return SpatialDataset(
+        name=NAME,
+        version=version,
+        slides=tuple(slides),
+        genes=genes,
+        gene_ids=gene_ids,
+        organism="human",
+        platform="ST",
+        licence=str(a["licence"]),
+        citation=str(a["citation"]),
+        default_split="slide",
+        # leave-one-section-out inside patient C; the patient protocol is C -> B4
+        default_test_slides=("C2", "C3", "C4", "C5", "C6"),
+        meta={
+            "within_patient_slide_protocol": True,
+            "patient_protocol_test_patients": ("B",),
+            "source": f"{a['source_repo']}@{a['source_commit']}",
+            "pool_rule": str(a["pool_rule"]),
+            "patch_um": float(a["patch_um"]),
+            "patch_px": int(a["patch_px"]),
+            "data_file": str(p),
+        },
+    )

@@ -1,0 +1,179 @@
+"""Stem (Zhu, Zhu, Tao, Qiu; ICLR 2025): a conditional DDPM over each spot's gene vector.
+
+A gene-token DiT (dit.py) conditioned by adaLN-Zero on t_emb + MLP(image embedding) predicts the
+noise and a learned-range variance; training minimises MSE(eps) + L_vb; prediction is the mean of
+``n_samples`` ancestral samples (baselines-spec §4). Spots are independent: no spatial context.
+
+Deviations (recorded in ``summary``): the condition is the harness's image embedding (not
+UNI||CONCH) standardised with training statistics (optionally PCA-reduced); no dihedral-transpose
+augmentation (the harness hands methods one embedding per spot); the t = 0 decoder term is a
+continuous Gaussian NLL; predictions are clipped at 0 (FLAG protocol; Stem's notebook does not).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from flag_bench.methods.base import Method, MethodCard
+from flag_bench.methods.diffusion import training
+from flag_bench.methods.diffusion.dit import GeneDiT, TimestepEmbedder, auto_genes_per_token
+from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, clip_predictions, require_embeddings, stack_targets
+from flag_bench.methods.diffusion.sampler import ddpm_ancestral, randn
+from flag_bench.methods.diffusion.sde import GaussianDiffusion, linear_betas
+
+
+@dataclass(frozen=True)
+class StemConfig:
+    hidden: int = 384
+    depth: int = 12
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    max_gene_tokens: int | None = None  # None: one token per gene; else genes are grouped to fit
+    cond_pca: int | None = None  # PCA-reduce the standardised embeddings (train spots only)
+    diffusion_steps: int = 1000
+    sampling_steps: int = 1000  # respaced when smaller
+    n_samples: int = 20
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 4000  # used when ``steps`` is None
+    steps: int | None = None
+    grad_clip: float | None = None
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False
+    max_seconds: float | None = None
+    predict_batch: int = 4096  # sequences per sampling forward
+    clip_at_zero: bool = True
+    amp: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.hidden % self.heads:
+            raise ValueError("hidden must be divisible by heads")
+        if self.n_samples < 1 or self.sampling_steps < 1 or self.batch_size < 1:
+            raise ValueError("n_samples, sampling_steps and batch_size must be >= 1")
+
+
+class StemNet(nn.Module):
+    def __init__(self, cond_dim: int, n_genes: int, cfg: StemConfig):
+        super().__init__()
+        gpt = auto_genes_per_token(n_genes, cfg.max_gene_tokens)
+        self.t_embed = TimestepEmbedder(cfg.hidden)
+        self.cond = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cfg.hidden))
+        self.dit = GeneDiT(n_genes, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, out_channels=2,
+                           genes_per_token=gpt)
+        for lin in (self.t_embed.mlp[0], self.t_embed.mlp[2], self.cond[0], self.cond[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (B, G) noisy, t (B,) step index, y (B, Dc) condition -> (B, G, 2) (eps_hat, v)."""
+        out, _ = self.dit(x, self.t_embed(t) + self.cond(y))
+        return out
+
+
+class Stem(Method):
+    card = MethodCard(
+        name="stem",
+        description="Stem: conditional DDPM over gene tokens (DiT, adaLN-Zero) on the spot's image embedding; "
+                    "mean of n samples",
+        citation="Zhu, Zhu, Tao, Qiu. Diffusion generative modeling for spatially resolved gene expression "
+                 "inference from histology images. ICLR 2025",
+        code_url="https://github.com/SichenZhu/Stem",
+        needs=frozenset({"embeddings"}),
+        generative=True,
+        uses_validation=False,
+        default_run=True,
+    )
+    Config = StemConfig
+    presets = {
+        "paper": {},
+        # CPU demo: baselines-spec §4.10 (D 32, 2 blocks, lr 1e-3, batch 64, EMA 0.99, respaced
+        # sampling, 4 samples); fixed step count so the same seed gives the same numbers
+        "small": dict(hidden=32, depth=2, heads=2, max_gene_tokens=64, cond_pca=64, sampling_steps=25,
+                      n_samples=4, lr=1e-3, batch_size=64, steps=1200, ema_decay=0.99, ema_warmup=True,
+                      grad_clip=1.0, predict_batch=2048),
+        "tiny": dict(hidden=16, depth=1, heads=2, max_gene_tokens=16, cond_pca=8, sampling_steps=5,
+                     n_samples=2, lr=1e-3, batch_size=32, steps=20, ema_decay=0.9, ema_warmup=True,
+                     grad_clip=1.0),
+    }
+
+    def fit(self, train, val=None):
+        cfg = self.config
+        require_embeddings(train, self.card.name)
+        dev = torch.device(self.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.norm_ = EmbeddingNormalizer(np.concatenate([s.embeddings for s in train.slides]), cfg.cond_pca)
+        y = torch.as_tensor(self.norm_(np.concatenate([s.embeddings for s in train.slides])), device=dev)
+        x0 = torch.tensor(stack_targets(train), device=dev)
+        n, G = x0.shape
+        self.n_genes_ = G
+        net = StemNet(y.shape[1], G, cfg).to(dev)
+        self.diffusion_ = GaussianDiffusion(linear_betas(cfg.diffusion_steps))
+        fwd = torch.compile(net) if cfg.compile and dev.type == "cuda" else net
+        bs = min(cfg.batch_size, n)
+        steps = cfg.steps if cfg.steps is not None else cfg.epochs * math.ceil(n / bs)
+
+        def micro_step(step, micro):
+            idx = torch.randint(0, n, (bs,), generator=gen).to(dev)
+            t = torch.randint(0, cfg.diffusion_steps, (bs,), generator=gen).to(dev)
+            noise = randn((bs, G), gen, dev)
+            xb = x0[idx]
+            x_t = self.diffusion_.q_sample(xb, t, noise)
+            with training.autocast(self.device, cfg.amp):
+                out = fwd(x_t, t.float(), y[idx])
+            return self.diffusion_.loss(out.float(), xb, x_t, t, noise)
+
+        settings = training.LoopSettings(steps=steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                         grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                                         ema_warmup=cfg.ema_warmup, max_seconds=cfg.max_seconds)
+        self.ema_, loop = training.train(self, net, micro_step, settings, description="train")
+        self.net_ = net
+        self.summary = {
+            "trained": True, **loop, "n_train_spots": n, "batch_size": bs,
+            "epochs": round(loop["optimizer_steps"] * bs / n, 2),
+            "genes_per_token": net.dit.k, "n_tokens": net.dit.n_tokens,
+            "condition": self.norm_.describe(), "diffusion_steps": cfg.diffusion_steps,
+            "sampling_steps": cfg.sampling_steps, "respaced": cfg.sampling_steps < cfg.diffusion_steps,
+            "n_samples": cfg.n_samples, "clip_at_zero": cfg.clip_at_zero, "augmentation": "none",
+            "t0_decoder": "continuous Gaussian NLL", "amp": cfg.amp and dev.type == "cuda",
+        }
+        return self
+
+    @torch.no_grad()
+    def predict(self, test):
+        cfg = self.config
+        require_embeddings(test, self.card.name)
+        dev = torch.device(self.device)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
+        diff = self.diffusion_.respaced(cfg.sampling_steps)
+        model = self.ema_
+
+        def model_fn(x, t, y):
+            with training.autocast(self.device, cfg.amp):
+                return model(x, t, y).float()
+
+        out = []
+        for s in test.slides:
+            y = torch.as_tensor(self.norm_(s.embeddings), device=dev)
+            # every spot's condition repeated n_samples times, sampled in chunks of whole spots
+            rep = y.repeat_interleave(cfg.n_samples, dim=0)
+            per = max(cfg.n_samples, (cfg.predict_batch // cfg.n_samples) * cfg.n_samples)
+            chunks = []
+            for a in range(0, len(rep), per):
+                yc = rep[a:a + per]
+                x = ddpm_ancestral(lambda x, t: model_fn(x, t, yc), diff, (len(yc), self.n_genes_), gen, dev)
+                chunks.append(x)
+            samples = torch.cat(chunks).view(s.n_spots, cfg.n_samples, self.n_genes_)
+            pred = samples.clamp_min(0).mean(1) if cfg.clip_at_zero else samples.mean(1)
+            out.append(clip_predictions(pred.cpu().numpy(), cfg.clip_at_zero))
+        return out
+
+    def n_parameters(self):
+        return int(sum(p.numel() for p in self.net_.parameters())) if hasattr(self, "net_") else None
