@@ -107,20 +107,20 @@ def make_split(
         plist = sorted(set(patients.values()))
         if len(plist) < 2:
             raise UserError(f"dataset {ds.name} has one patient; --split patient needs at least two")
+        # her2st-mini: patient C has the five benchmark sections, so the patient protocol tests on
+        # B4 only (C -> B4); testing on C with B4 (283 spots, shallow) as the only train slide is
+        # not a meaningful benchmark.
+        hold = ds.meta.get("patient_protocol_test_patients")
         folds = []
         for p in plist:
+            if hold and p not in set(hold):
+                continue
             test = tuple(s for s in order if patients[s] == p)
             train = [s for s in order if patients[s] != p]
             val: list[str] = []
             if with_val:
                 train, val = _carve_val(train, test, order)
             folds.append(Fold(f"test-patient={p}", tuple(train), tuple(val), test))
-        # her2st-mini: patient C has the five benchmark sections, so the patient protocol tests on
-        # B4 only (C -> B4); testing on C with B4 (283 spots, shallow) as the only train slide is
-        # not a meaningful benchmark.
-        hold = ds.meta.get("patient_protocol_test_patients")
-        if hold:
-            folds = [f for f in folds if patients[f.test[0]] in set(hold)]
         desc = "leave-one-patient-out" + (f" (test patients {','.join(hold)})" if hold else "")
     elif scheme.startswith("file:"):
         path = Path(scheme[5:])

@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flag_bench.errors import UserError
 from flag_bench.methods.base import Method, MethodCard
 from flag_bench.methods.diffusion import training
 from flag_bench.methods.diffusion.dit import GeneDiT, TimestepEmbedder, TokenProjector, auto_genes_per_token
@@ -78,8 +77,9 @@ class FlagConfig:
     # joint node–edge diffusion (§3.6)
     lambda_edge: float = 1.0
     lambda_cons: float = 0.1
-    # conditioning input
+    # inputs
     cond_pca: int | None = None
+    standardize_targets: bool = False  # diffuse per-gene z-scores (train statistics); reference: raw log2
     # training (§4)
     lr: float = 3e-4
     weight_decay: float = 0.01
@@ -244,19 +244,26 @@ class Flag(Method):
     Config = FlagConfig
     variant: ClassVar[str] = "flag"
     presets = {
+        # GPU memory, paper preset, one training window (batch 1): N=100 spots, G=200 -> 71.8 M
+        # parameters, ~1.3 GiB weights+grads+AdamW+EMA and ~10 GiB autograd-saved activations in
+        # fp32 (measured on CPU by summing saved tensors), so plan ~12-15 GiB per window; the DiT
+        # part grows ~linearly in N*G (one sequence of G tokens per spot), the graph part in N^2.
+        # bf16 autocast (amp=True) roughly halves the activations.
         "paper": {},
         # CPU demo: the same mechanisms, narrow and shallow, fixed step count (deterministic),
         # model selection on the validation slide every 100 steps
         "small": dict(graph_dim=32, graph_layers=2, graph_heads=2, graph_dropout=0.0, hidden=32, depth=2, heads=2,
                       d_gene=64, max_gene_tokens=64, align_layer=1, projector_dim=64, cond_pca=64, lr=1e-3,
-                      windows_per_batch=4, grad_accum=1, steps=800, ema_decay=0.99, ema_warmup=True,
+                      windows_per_batch=8, grad_accum=1, steps=800, ema_decay=0.99, ema_warmup=True,
                       eval_every_steps=200, patience=0, val_windows=None, val_sampling_steps=10,
-                      sampling_steps=20, n_samples=4),
+                      sampling_steps=20, n_samples=4, standardize_targets=True, scale_score_by_sigma=True,
+                      time_scale=1000.0),
         "tiny": dict(graph_dim=16, graph_layers=1, graph_heads=2, graph_dropout=0.0, hidden=16, depth=1, heads=2,
                      d_gene=16, max_gene_tokens=8, align_layer=1, projector_dim=16, cond_pca=8, lr=1e-3,
                      windows_per_batch=2, grad_accum=1, steps=6, ema_decay=0.9, ema_warmup=True,
                      eval_every_steps=3, patience=0, val_windows=2, val_sampling_steps=2,
-                     sampling_steps=3, n_samples=2, window_um=400.0),
+                     sampling_steps=3, n_samples=2, window_um=400.0, standardize_targets=True,
+                     scale_score_by_sigma=True, time_scale=1000.0),
     }
 
     # -- configuration helpers -------------------------------------------------------------
@@ -288,7 +295,9 @@ class Flag(Method):
             else:  # no graph: every spot is its own one-node "window"
                 wins = [np.array([i]) for i in range(s.n_spots)]
                 ces = [None] * len(wins)
-            x0 = torch.tensor(np.asarray(s.targets), dtype=torch.float32) if with_targets else None
+            x0 = None
+            if with_targets:
+                x0 = torch.tensor((np.asarray(s.targets, dtype=np.float32) - self.mu_) / self.sd_, dtype=torch.float32)
             out.append(_Slide(x0, cond, wins, ces))
         return out
 
@@ -347,8 +356,7 @@ class Flag(Method):
             loss = loss + cfg.lambda_edge * loss_a + cfg.lambda_cons * loss_c
             logs.update(edge=float(loss_a.detach()), consistency=float(loss_c.detach()))
         if capture and z is not None:
-            cos = F.cosine_similarity(z.float(), batch.align, dim=-1, eps=1e-8)  # (M, G)
-            align = -masked_mean(cos, batch.align_mask)
+            align = alignment_loss(z.float(), batch.align, batch.align_mask)
             loss = loss + cfg.align_weight * align
             logs["align"] = float(align.detach())
         return loss, logs
@@ -374,7 +382,7 @@ class Flag(Method):
             zeros = torch.zeros(B, N, G, device=dev)
             with training.autocast(self.device, cfg.amp):
                 pred, _, _ = net(zeros, torch.ones(B, device=dev), batch.cond_v, batch.cond_e, batch.mask)
-            out = pred.float()[:, None]
+            out = self._to_target(pred.float()[:, None])
             return out.clamp_min(0) if cfg.clip_at_zero else out
         rb = batch.repeat(n_samples)
         m3 = rb.mask[..., None]
@@ -403,8 +411,14 @@ class Flag(Method):
         if joint:
             init.append(randn((B * n_samples, N, N, 1), gen, dev) * sde.sigma_max)
         xs = heun_pf_ode(score_fn, post(init), sde, steps, post=post)
-        x = xs[0].view(B, n_samples, N, G)
+        x = self._to_target(xs[0].view(B, n_samples, N, G))
         return x.clamp_min(0) if cfg.clip_at_zero else x
+
+    def _to_target(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> target space (undo the optional per-gene standardisation)."""
+        mu = torch.as_tensor(self.mu_, device=x.device)
+        sd = torch.as_tensor(self.sd_, device=x.device)
+        return x * sd + mu
 
     def _predict_slides(self, net, slides: list[_Slide], n_spots: list[int], n_samples: int, steps: int,
                         gen, dev, max_windows: int | None = None) -> list[np.ndarray]:
@@ -434,6 +448,10 @@ class Flag(Method):
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         self.n_genes_ = G = train.n_genes
         self.norm_ = EmbeddingNormalizer(np.concatenate([s.embeddings for s in train.slides]), cfg.cond_pca)
+        y = np.concatenate([np.asarray(s.targets, dtype=np.float64) for s in train.slides])
+        self.mu_ = (y.mean(0) if cfg.standardize_targets else np.zeros(G)).astype(np.float32)
+        sd = y.std(0) if cfg.standardize_targets else np.ones(G)
+        self.sd_ = np.where(sd > 1e-6, sd, 1.0).astype(np.float32)
         slides = self._prepare(train, True, dev)
         provider_info = None
         z_dim = None
@@ -485,6 +503,7 @@ class Flag(Method):
             "sampler": "deterministic regressor" if self.variant == "regression" else
             f"Heun PF-ODE {cfg.sampling_steps} steps + Tweedie",
             "n_samples": 1 if self.variant == "regression" else cfg.n_samples,
+            "standardize_targets": cfg.standardize_targets, "time_scale": cfg.time_scale,
             "clip_at_zero": cfg.clip_at_zero, "score_output": "score/sigma" if cfg.scale_score_by_sigma else "raw score",
             "amp": cfg.amp and dev.type == "cuda",
         }
@@ -505,6 +524,16 @@ class Flag(Method):
 
     def n_parameters(self):
         return int(sum(p.numel() for p in self.net_.parameters())) if hasattr(self, "net_") else None
+
+
+def alignment_loss(z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """REPA loss: minus the mean cosine between projected tokens and GFM embeddings.
+
+    z, target (M, G, D); mask (M, G) bool, True where the gene was present in the spot's GFM input.
+    Absent genes (zero targets) are excluded, as in the reference.
+    """
+    cos = F.cosine_similarity(z, target, dim=-1, eps=1e-8)
+    return -masked_mean(cos, mask)
 
 
 def _val_score(preds: list[np.ndarray], truths: list[np.ndarray], metric: str) -> float:

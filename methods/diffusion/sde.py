@@ -64,11 +64,6 @@ def linear_betas(n_steps: int = 1000, start: float = 1e-4, end: float = 0.02) ->
     return np.linspace(scale * start, scale * end, n_steps, dtype=np.float64)
 
 
-def _gather(arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    out = torch.as_tensor(arr, dtype=torch.float32, device=t.device)[t]
-    return out.view(-1, *([1] * (ndim - 1)))
-
-
 def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
@@ -97,6 +92,15 @@ class GaussianDiffusion:
         self.post_c1 = betas * np.sqrt(self.ac_prev) / (1.0 - self.ac)
         self.post_c2 = (1.0 - self.ac_prev) * np.sqrt(alphas) / (1.0 - self.ac)
         self.log_betas = np.log(betas)
+        self._cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _g(self, arr: np.ndarray, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        """arr[t] as float32 on t's device, shaped to broadcast over an ndim-dimensional batch."""
+        key = (id(arr), str(t.device))  # arr is one of this instance's own (immortal) arrays
+        tab = self._cache.get(key)
+        if tab is None:
+            tab = self._cache[key] = torch.as_tensor(arr, dtype=torch.float32, device=t.device)
+        return tab[t].view(-1, *([1] * (ndim - 1)))
 
     def respaced(self, n_steps: int) -> "GaussianDiffusion":
         """The same marginals on ``n_steps`` evenly spaced original steps (IDDPM respacing)."""
@@ -115,20 +119,20 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         n = x0.dim()
-        return _gather(self.sqrt_ac, t, n) * x0 + _gather(self.sqrt_1m_ac, t, n) * noise
+        return self._g(self.sqrt_ac, t, n) * x0 + self._g(self.sqrt_1m_ac, t, n) * noise
 
     def q_posterior(self, x0, x_t, t):
         n = x0.dim()
-        mean = _gather(self.post_c1, t, n) * x0 + _gather(self.post_c2, t, n) * x_t
-        return mean, _gather(self.post_logvar, t, n)
+        mean = self._g(self.post_c1, t, n) * x0 + self._g(self.post_c2, t, n) * x_t
+        return mean, self._g(self.post_logvar, t, n)
 
     def p_mean_logvar(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """-> (mean, log variance, predicted x0) of p(x_{t-1} | x_t)."""
         eps, v = model_out[..., 0], model_out[..., 1]
         n = x_t.dim()
         frac = (v + 1.0) / 2.0
-        logvar = frac * _gather(self.log_betas, t, n) + (1.0 - frac) * _gather(self.post_logvar, t, n)
-        x0 = _gather(self.sqrt_recip_ac, t, n) * x_t - _gather(self.sqrt_recipm1_ac, t, n) * eps
+        logvar = frac * self._g(self.log_betas, t, n) + (1.0 - frac) * self._g(self.post_logvar, t, n)
+        x0 = self._g(self.sqrt_recip_ac, t, n) * x_t - self._g(self.sqrt_recipm1_ac, t, n) * eps
         mean, _ = self.q_posterior(x0, x_t, t)
         return mean, logvar, x0
 

@@ -1,0 +1,116 @@
+"""FLAG family: alignment masking, variants, determinism, divergence handling (tiny presets)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from flag_bench.catalog import METHODS
+from flag_bench.errors import CellFailure
+from flag_bench.methods.base import seed_everything
+from flag_bench.methods.flag import Flag, FlagPaper, alignment_loss
+
+from conftest import make_views
+
+FLAG_NAMES = ["flag", "flag-paper", "flag-joint", "flag-node", "flag-no-gfm", "flag-no-graph", "flag-regression"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, test, truths = make_views(n_train_slides=3, n_test_slides=1, n_spots=36, n_genes=8, emb_dim=12)
+    from flag_bench.datasets.views import TrainData
+
+    # real symbols, so the default gene-embedding provider has targets for the alignment loss
+    genes = ("ERBB2", "KRT19", "GAPDH", "ACTB", "MGP", "FN1", "COL1A1", "SCGB2A2")
+    common = dict(genes=genes, gene_ids=train.gene_ids, target_transform="log1p", dataset="unit")
+    test = dataclasses.replace(test, genes=genes)
+    return TrainData(**common, slides=train.slides[:2]), TrainData(**common, slides=train.slides[2:]), test, truths
+
+
+def _fit(name, data, overrides=None, seed=0):
+    train, val, test, _ = data
+    cls = METHODS.get(name)
+    seed_everything(seed)
+    m = cls(cls.make_config("tiny", overrides), seed=seed, device="cpu")
+    m.fit(train, val)
+    return m, m.predict(test)
+
+
+def test_alignment_mask_excludes_absent_genes():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 5, 3, generator=g)
+    target = z.clone()
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[:, 2] = False
+    target[:, 2] = -z[:, 2]  # absent genes point the opposite way: they must not count
+    assert float(alignment_loss(z, target, mask)) == pytest.approx(-1.0, abs=1e-6)
+    assert float(alignment_loss(z, target, torch.ones_like(mask))) > -1.0 + 0.1
+
+
+def test_every_variant_registered_with_distinct_cards():
+    for name in FLAG_NAMES:
+        cls = METHODS.get(name)
+        assert cls.card.name == name
+        assert cls.card.default_run is (name == "flag")
+        assert {"tiny", "small", "paper"} <= set(cls.presets)
+    assert FlagPaper.make_config("paper").use_cond_e_in_attn is True
+    assert Flag.make_config("paper").use_cond_e_in_attn is False  # the released code's default
+    assert METHODS.get("flag-no-gfm").make_config("paper").align_weight == 0.0
+    paper = Flag.make_config("paper")
+    assert (paper.depth, paper.hidden, paper.align_layer, paper.align_weight, paper.lr, paper.grad_accum,
+            paper.sampling_steps, paper.n_samples, paper.sigma_max) == (12, 384, 8, 0.5, 3e-4, 16, 100, 8, 10.0)
+
+
+@pytest.mark.parametrize("name", FLAG_NAMES)
+def test_variant_fits_predicts_every_spot_and_is_deterministic(name, data):
+    _, _, test, _ = data
+    m, preds = _fit(name, data)
+    assert len(preds) == len(test.slides)
+    for p, s in zip(preds, test.slides):
+        assert p.shape == (s.n_spots, test.n_genes) and p.dtype == np.float32
+        assert np.isfinite(p).all() and (p >= 0).all()  # clipped at 0
+    assert m.summary["variant"] == m.variant and m.summary["optimizer_steps"] > 0
+    assert m.summary["validations"] > 0, "tiny presets validate on the validation slide"
+    _, again = _fit(name, data)
+    for a, b in zip(preds, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_summary_records_protocol_choices(data):
+    m, _ = _fit("flag-paper", data)
+    s = m.summary
+    assert s["use_cond_e_in_attn"] is True and s["clip_at_zero"] is True
+    assert s["gene_embeddings"] and s["align_weight"] == 0.5
+    assert "align" in s["last_loss_terms"] and s["last_loss_terms"]["align"] < 0
+    assert "Heun" in s["sampler"] and s["n_samples"] == m.config.n_samples
+
+
+def test_joint_loss_has_edge_and_consistency_terms(data):
+    m, _ = _fit("flag-joint", data)
+    assert {"score", "edge", "consistency"} <= set(m.summary["last_loss_terms"])
+
+
+def test_regression_is_deterministic_across_sampling_seeds(data):
+    m, p1 = _fit("flag-regression", data)
+    m.seed = 123  # predict draws no noise: a different sampling seed changes nothing
+    p2 = m.predict(data[2])
+    np.testing.assert_array_equal(p1[0], p2[0])
+
+
+def test_nan_loss_fails_the_cell_naming_method_and_step(data):
+    train, val, test, _ = data
+    from flag_bench.datasets.views import TrainData, TrainSlide
+
+    s0 = train.slides[0]
+    bad_targets = np.array(s0.targets)
+    bad_targets[:] = np.nan
+    fields = {f.name: getattr(s0, f.name) for f in dataclasses.fields(s0)}
+    bad = TrainSlide(**{**fields, "targets": bad_targets})
+    bad_train = TrainData(genes=train.genes, gene_ids=train.gene_ids, target_transform="log1p", dataset="unit",
+                          slides=(bad,))
+    m = Flag(Flag.make_config("tiny", {"standardize_targets": False}), seed=0, device="cpu")
+    with pytest.raises(CellFailure, match=r"'flag' diverged.*step 0"):
+        m.fit(bad_train, None)
