@@ -41,8 +41,9 @@ def open_client(uri: str):
     """An MlflowClient whose store answers, or a UserError naming the database file."""
     import logging
 
-    # alembic prints migration chatter at INFO on first use of a new SQLite store
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # alembic and MLflow print migration chatter at INFO on first use of a new SQLite store
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     path = _sqlite_path(uri)
