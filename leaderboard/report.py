@@ -12,7 +12,7 @@ import numpy as np
 
 from flag_bench.errors import UserError
 
-DEFAULT_COLUMNS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "ssc@32", "ari")
+DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc@32", "ari")
 GROUP = ["dataset", "n_genes", "method", "preset"]
 
 
@@ -97,14 +97,14 @@ def build(df, *, metric: str = "pcc_mean", columns: tuple[str, ...] | None = Non
     return Leaderboard(table, cols, metric, protocols, curves)
 
 
-def _fmt(row, c: str, with_ci: bool = True) -> str:
+def _fmt(row, c: str, with_ci: bool = True, sep: str = " ") -> str:
     m, s = row[c], row[f"{c}_std"]
     if not np.isfinite(m):
         return "n/a"
     txt = f"{m:.3f}" + (f" ± {s:.3f}" if np.isfinite(s) else "")
     lo, hi = row[f"{c}_ci_low"], row[f"{c}_ci_high"]
     if with_ci and np.isfinite(lo):
-        txt += f" [{lo:.3f}, {hi:.3f}]"
+        txt += f"{sep}[{lo:.3f}, {hi:.3f}]"
     return txt
 
 
@@ -144,7 +144,8 @@ def print_table(lb: Leaderboard, console) -> None:
         for h in ["G", "method", "preset", "cells", *lb.columns]:
             t.add_column(h, justify="right" if h not in ("method", "preset") else "left")
         for _, r in g.iterrows():
-            t.add_row(str(r.n_genes), r.method, r.preset, str(r.cells), *[_fmt(r, c) for c in lb.columns])
+            t.add_row(str(r.n_genes), r.method, r.preset, str(r.cells),
+                      *[_fmt(r, c, sep="\n") for c in lb.columns])
         console.print(t)
         if ds in lb.curves:
             cur = lb.curves[ds]
