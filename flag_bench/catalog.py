@@ -52,6 +52,10 @@ METRICS: Registry = Registry(
         "pcc": "flag_bench.metrics.core:PCC",
         "error": "flag_bench.metrics.core:ERROR",
         "pcc_pooled": "flag_bench.metrics.core:PCC_POOLED",
+        "gsc": "flag_bench.metrics.structure:GSC",
+        "ssc": "flag_bench.metrics.structure:SSC",
+        "rvd": "flag_bench.metrics.structure:RVD",
+        "domains": "flag_bench.metrics.domains:DOMAINS",
     },
 )
 
