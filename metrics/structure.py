@@ -1,0 +1,293 @@
+"""Structure metrics: GSC (gene-gene co-expression), SSC (spatial autocorrelation), RVD.
+
+Definitions follow FLAG spec section 5.3-5.5; Y is the (N, G) truth, Y^ the prediction, one slide.
+
+- GSC: C and C^ are the (G, G) Pearson correlation matrices of the genes over spots.
+  ``gsc`` = Pearson of their strict upper triangles; ``gsc_spearman`` = Spearman of the same
+  vectors; ``gsc_frobenius`` = 1 - ||C - C^||_F / ||C||_F over off-diagonal entries (for genes
+  valid in both this equals the full-matrix form, since both diagonals are 1).
+- SSC: Moran's I of every gene in Y and in Y^ with the same weights (default: symmetric binary
+  kNN, k = 6, row-standardised, on the slide's coordinates); ``ssc`` = Pearson across genes of
+  the two vectors; ``ssc@32`` = the same on the 32 genes with the highest true I (FLAG Fig. 6);
+  ``moran_abs_err`` = mean |I(Y^) - I(Y)|.
+- RVD (Stem): mean over genes of (Var Y^_g - Var Y_g)^2 / (Var Y_g)^2; a diagnostic, unranked.
+
+Degenerate input, consistent with the PCC convention of ``metrics.core``:
+- a gene constant in the truth is excluded and counted (``n_const_true``);
+- a gene constant in the prediction predicts no structure: its correlations with every other
+  gene count as 0 in C^ and its Moran's I as 0 (per-gene ``moran_i_pred`` stays NaN, since I is
+  undefined), counted as ``n_const_pred``;
+- a score whose predicted vector has no spread (e.g. every gene constant: the ``mean`` control)
+  is 0, no credit; a score that is undefined on the truth side, or has fewer than 2 items, is
+  NaN with the reason in ``notes`` under ``<output>_reason``;
+- non-finite predictions are a method bug: ``CellFailure`` naming the count, nothing is zeroed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from flag_bench.errors import CellFailure
+from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
+from flag_bench.metrics.moran import morans_i_values
+from flag_bench.metrics.spatial_weights import KNNWeights
+
+
+def validate_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both (N, G) -> float64 copies; CellFailure for non-finite predictions, ValueError otherwise."""
+    yt = np.asarray(y_true, dtype=np.float64)
+    yp = np.asarray(y_pred, dtype=np.float64)
+    if yt.ndim != 2 or yt.shape != yp.shape:
+        raise ValueError(f"expected two (N, G) arrays of one shape, got {yt.shape} and {yp.shape}")
+    bad = int((~np.isfinite(yp)).sum())
+    if bad:
+        raise CellFailure(
+            f"prediction contains {bad} non-finite values (NaN/inf) out of {yp.size}; "
+            "structure metrics are not computed on a broken prediction"
+        )
+    bad_t = int((~np.isfinite(yt)).sum())
+    if bad_t:
+        raise ValueError(f"ground truth contains {bad_t} non-finite values")
+    return yt, yp
+
+
+def single_threaded():
+    """Context manager pinning BLAS/OpenMP pools to one thread for the duration of a metric.
+
+    The products here are small (a G x G Gram, k-means on (N, 30)); on a busy 2-core machine
+    oversubscribed OpenBLAS/OpenMP pools spin-wait and were measured 50-100x slower (an 800 x 800
+    eigendecomposition: 0.06 s with one thread, 5 s with two under load).
+    """
+    return threadpool_limits(limits=1)
+
+
+def _constant(x: np.ndarray) -> np.ndarray:
+    return np.ptp(x, axis=0) == 0 if x.shape[0] else np.ones(x.shape[1], bool)
+
+
+def correlation_score(truth: np.ndarray, pred: np.ndarray) -> tuple[float, str | None]:
+    """Pearson between two (M,) vectors under the no-credit convention -> (r, reason or None).
+
+    NaN (with a reason) when M < 2 or the truth vector is constant; 0 when only the prediction
+    is constant.
+    """
+    if truth.size < 2:
+        return float("nan"), f"needs at least 2 values, got {truth.size}"
+    dt = truth - truth.mean()
+    dp = pred - pred.mean()
+    st = np.sqrt(dt @ dt)
+    sp_ = np.sqrt(dp @ dp)
+    if st == 0 or np.ptp(truth) == 0:
+        return float("nan"), "the truth side is constant"
+    if sp_ == 0 or np.ptp(pred) == 0:
+        return 0.0, "the prediction side is constant (scored 0)"
+    return float(np.clip((dt @ dp) / (st * sp_), -1.0, 1.0)), None
+
+
+def centred_gram(x: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, G) -> (Z (N, G) centred columns in ``dtype``, Z'Z (G, G)); one BLAS product."""
+    z = np.asarray(x - x.mean(axis=0), dtype=dtype)
+    return z, z.T @ z
+
+
+def gene_correlation(x: np.ndarray, constant: np.ndarray | None = None) -> np.ndarray:
+    """(N, G) -> (G, G) Pearson correlation of the columns over rows; rows/columns of constant
+    genes are 0 (their diagonal too)."""
+    const = _constant(x) if constant is None else constant
+    _, c = centred_gram(x)
+    inv = np.zeros(c.shape[0])
+    inv[~const] = 1.0 / np.sqrt(np.diag(c)[~const])
+    c *= inv[:, None]
+    c *= inv[None, :]
+    np.clip(c, -1.0, 1.0, out=c)
+    return c
+
+
+def average_ranks(v: np.ndarray) -> np.ndarray:
+    """(M,) -> (M,) float64 ranks 1..M, ties get their average rank (scipy's ``rankdata``)."""
+    order = np.argsort(v)  # stability not needed: tied runs are averaged
+    sv = v[order]
+    # start index of each run of equal values, and the run each sorted element belongs to
+    new = np.empty(sv.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(sv[1:], sv[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], sv.size)
+    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(sv.size)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def gsc_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
+    """GSC family for one slide: y_true, y_pred (N, G) -> Scores(values gsc, gsc_spearman,
+    gsc_frobenius; notes with counts and reasons)."""
+    yt, yp = validate_pair(y_true, y_pred)
+    ct, cp = _constant(yt), _constant(yp)
+    keep = ~ct
+    notes: dict[str, Any] = {
+        "n_valid_genes": int(keep.sum()),
+        "n_const_true": int(ct.sum()),
+        "n_const_pred": int((cp & keep).sum()),
+    }
+    names = ("gsc", "gsc_spearman", "gsc_frobenius")
+    g = int(keep.sum())
+    if g < 3:
+        reason = f"GSC needs at least 3 genes that vary in the truth (>= 2 gene pairs), got {g}"
+        return Scores(values={k: float("nan") for k in names}, notes={**notes, **{f"{k}_reason": reason for k in names}})
+    with single_threaded():
+        c = gene_correlation(yt[:, keep])
+        ch = gene_correlation(yp[:, keep], cp[keep])
+    iu = np.triu_indices(g, k=1)
+    u, uh = c[iu], ch[iu]
+    values: dict[str, float] = {}
+    r, why = correlation_score(u, uh)
+    values["gsc"] = r
+    if why:
+        notes["gsc_reason"] = why
+    rs, why_s = correlation_score(average_ranks(u), average_ranks(uh))
+    values["gsc_spearman"] = rs
+    if why_s:
+        notes["gsc_spearman_reason"] = why_s
+    norm = np.sqrt(u @ u)
+    if norm == 0:
+        values["gsc_frobenius"] = float("nan")
+        notes["gsc_frobenius_reason"] = "every true gene-gene correlation is 0"
+    else:
+        d = u - uh
+        values["gsc_frobenius"] = float(1.0 - np.sqrt(d @ d) / norm)
+    return Scores(values=values, notes=notes)
+
+
+def ssc_scores(y_true: np.ndarray, y_pred: np.ndarray, coords: np.ndarray | None, *, weights=None, top: int = 32) -> Scores:
+    """SSC family for one slide.
+
+    y_true, y_pred (N, G); coords (N, 2) spot positions; weights: a builder with
+    ``build(coords) -> SpatialWeights`` (default KNNWeights(6, symmetric=True, transform="R")).
+    Returns Scores(values ssc, ssc@<top>, moran_abs_err; per_gene moran_i_true, moran_i_pred).
+    """
+    yt, yp = validate_pair(y_true, y_pred)
+    builder = weights if weights is not None else KNNWeights(6, symmetric=True, transform="R")
+    top_name = f"ssc@{top}"
+    names = ("ssc", top_name, "moran_abs_err")
+    g = yt.shape[1]
+    nan_scores = lambda reason, extra: Scores(  # noqa: E731
+        values={k: float("nan") for k in names},
+        per_gene={"moran_i_true": np.full(g, np.nan), "moran_i_pred": np.full(g, np.nan)},
+        notes={**extra, **{f"{k}_reason": reason for k in names}},
+    )
+    if coords is None:
+        return nan_scores("the slide has no spot coordinates", {})
+    try:
+        w = builder.build(coords)  # built once per call; never cached across slides
+    except ValueError as exc:
+        return nan_scores(str(exc), {})
+    i_true = morans_i_values(yt, w, check_finite=False)
+    i_pred = morans_i_values(yp, w, check_finite=False)
+    valid = np.isfinite(i_true)
+    const_pred = ~np.isfinite(i_pred)
+    ip = np.where(const_pred, 0.0, i_pred)
+    notes: dict[str, Any] = {
+        **w.notes(),
+        "n_valid_genes": int(valid.sum()),
+        "n_const_true": int((~valid).sum()),
+        "n_const_pred": int((const_pred & valid).sum()),
+    }
+    values: dict[str, float] = {}
+    it_v, ip_v = i_true[valid], ip[valid]
+    values["ssc"], why = correlation_score(it_v, ip_v)
+    if why:
+        notes["ssc_reason"] = why
+    order = np.argsort(-it_v, kind="stable")[:top]
+    values[top_name], why = correlation_score(it_v[order], ip_v[order])
+    notes[f"{top_name}_n_genes"] = int(order.size)
+    if why:
+        notes[f"{top_name}_reason"] = why
+    if it_v.size:
+        values["moran_abs_err"] = float(np.mean(np.abs(ip_v - it_v)))
+    else:
+        values["moran_abs_err"] = float("nan")
+        notes["moran_abs_err_reason"] = "no gene varies in the truth"
+    return Scores(values=values, per_gene={"moran_i_true": i_true, "moran_i_pred": i_pred}, notes=notes)
+
+
+def rvd_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
+    """Stem's relative variance distance: (N, G) pair -> Scores(values rvd; per_gene rvd)."""
+    yt, yp = validate_pair(y_true, y_pred)
+    vt, vp = yt.var(axis=0), yp.var(axis=0)
+    valid = ~_constant(yt)
+    per = np.full(yt.shape[1], np.nan)
+    per[valid] = (vp[valid] - vt[valid]) ** 2 / vt[valid] ** 2
+    notes: dict[str, Any] = {"n_valid_genes": int(valid.sum()), "n_const_true": int((~valid).sum())}
+    if valid.any():
+        rvd = float(per[valid].mean())
+    else:
+        rvd = float("nan")
+        notes["rvd_reason"] = "no gene varies in the truth"
+    return Scores(values={"rvd": rvd}, per_gene={"rvd": per}, notes=notes)
+
+
+_CORR = (-1.0, 1.0)
+
+
+def _gsc(yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
+    return gsc_scores(yt, yp)
+
+
+def _rvd(yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
+    return rvd_scores(yt, yp)
+
+
+class _SSCCompute:
+    """Picklable compute callable holding the SSC configuration (runners may use processes)."""
+
+    def __init__(self, weights, top: int):
+        self.weights = weights
+        self.top = int(top)
+
+    def __call__(self, yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
+        return ssc_scores(yt, yp, ctx.coords_um, weights=self.weights, top=self.top)
+
+
+def make_gsc() -> Metric:
+    return Metric(
+        name="gsc",
+        compute=_gsc,
+        outputs=(
+            Output("gsc", True, _CORR, "Pearson of upper triangles of gene-gene correlation (truth vs prediction)"),
+            Output("gsc_spearman", True, _CORR, "Spearman of the same upper triangles"),
+            Output("gsc_frobenius", True, (-float("inf"), 1.0), "1 - ||C - C^||_F / ||C||_F, off-diagonal"),
+        ),
+        references="FLAG spec 5.3 (exact formula a harness choice)",
+    )
+
+
+def make_ssc(weights=None, top: int = 32) -> Metric:
+    """SSC Metric with configurable weights builder and top-gene count (default kNN k=6, 32)."""
+    builder = weights if weights is not None else KNNWeights(6, symmetric=True, transform="R")
+    if int(top) < 2:
+        raise ValueError(f"top must be >= 2 (a correlation needs 2 genes), got {top}")
+    return Metric(
+        name="ssc",
+        compute=_SSCCompute(builder, top),
+        outputs=(
+            Output("ssc", True, _CORR, "Pearson across genes of Moran's I, truth vs prediction"),
+            Output(f"ssc@{top}", True, _CORR, f"SSC on the {top} genes with the highest true Moran's I"),
+            Output("moran_abs_err", False, (0.0, float("inf")), "mean |I(pred) - I(true)| over genes"),
+        ),
+        needs_coords=True,
+        references="FLAG spec 5.4; Moran's I matches esda.Moran(transformation='r')",
+    )
+
+
+GSC = make_gsc()
+SSC = make_ssc()
+RVD = Metric(
+    name="rvd",
+    compute=_rvd,
+    outputs=(Output("rvd", None, (0.0, float("inf")), "Stem's relative variance distance (diagnostic)"),),
+    references="Stem (Zhu et al., 2025) RVD",
+)
