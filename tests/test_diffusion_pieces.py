@@ -238,3 +238,10 @@ def test_embedding_normalizer_uses_training_statistics_only():
     assert shifted.mean() > 40
     pca = EmbeddingNormalizer(train, n_components=3)
     assert pca(train).shape == (200, 3) and pca.dim == 3
+
+
+def test_genes_per_token_cap_wins_over_token_budget():
+    assert auto_genes_per_token(800, 16) == 50
+    assert auto_genes_per_token(800, 16, 8) == 8  # 100 tokens
+    assert auto_genes_per_token(50, 16, 8) == 4
+    assert auto_genes_per_token(10, None, 8) == 1

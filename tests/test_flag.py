@@ -114,3 +114,48 @@ def test_nan_loss_fails_the_cell_naming_method_and_step(data):
     m = Flag(Flag.make_config("tiny", {"standardize_targets": False}), seed=0, device="cpu")
     with pytest.raises(CellFailure, match=r"'flag' diverged.*step 0"):
         m.fit(bad_train, None)
+
+
+def test_condition_only_graph_ignores_xt_and_cached_context_matches():
+    """graph_input="cond": H_spatial = GraphEncoder(C_v, C_e); the sampler's reused per-window
+    context must equal what a full forward computes at every step."""
+    from flag_bench.methods.flag import FlagNet
+
+    cfg = Flag.make_config("tiny")
+    assert cfg.graph_input == "cond"
+    torch.manual_seed(0)
+    net = FlagNet("flag", 6, 5, cfg, None).eval()
+    with torch.no_grad():  # give the zero-initialised adaLN/final layers weights so outputs move
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(0.1 * torch.randn(p.shape))
+    g = torch.Generator().manual_seed(1)
+    B, N = 2, 4
+    cond_v, cond_e = torch.randn(B, N, 5, generator=g), torch.rand(B, N, N, 2, generator=g)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, 3] = False
+    x1, x2 = torch.randn(B, N, 6, generator=g), torch.randn(B, N, 6, generator=g)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        ctx = net.spot_context(cond_v, cond_e, mask)
+        full, _, _ = net(x1, t, cond_v, cond_e, mask)
+        cached, _, _ = net(x1, t, cond_v, cond_e, mask, ctx=ctx)
+        torch.testing.assert_close(full, cached)
+        other, _, _ = net(x2, t, cond_v, cond_e, mask)
+        # the condition does not move with X_t; the score does
+        torch.testing.assert_close(net.spot_context(cond_v, cond_e, mask), ctx)
+        assert not torch.allclose(other, full)
+        # per-spot times are accepted and differ from a shared time
+        per_spot, _, _ = net(x1, torch.tensor([[0.3, 0.9, 0.3, 0.3], [0.8] * 4]), cond_v, cond_e, mask)
+        assert not torch.allclose(per_spot[0, 1], full[0, 1]) and torch.allclose(per_spot[1], full[1])
+
+
+def test_small_preset_switches_are_recorded(data):
+    small = Flag.make_config("small")
+    assert (small.graph_input, small.t_per) == ("cond", "spot")
+    paper = Flag.make_config("paper")
+    assert (paper.graph_input, paper.t_per, paper.max_gene_tokens) == ("x_t", "window", None)
+    m, _ = _fit("flag", data)
+    assert m.summary["graph_input"].startswith("cond") and m.summary["t_per"] == "spot"
+    m, _ = _fit("flag", data, {"graph_input": "x_t", "t_per": "window"})
+    assert m.summary["graph_input"] == "x_t" and m.summary["t_per"] == "window"

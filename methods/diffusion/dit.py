@@ -146,11 +146,16 @@ class GeneDiT(nn.Module):
         return out, captured
 
 
-def auto_genes_per_token(n_genes: int, max_tokens: int | None) -> int:
-    """1 token per gene unless ``max_tokens`` caps the sequence length (CPU presets)."""
-    if not max_tokens or n_genes <= max_tokens:
-        return 1
-    return -(-n_genes // max_tokens)
+def auto_genes_per_token(n_genes: int, max_tokens: int | None, max_per_token: int | None = None) -> int:
+    """1 token per gene unless ``max_tokens`` caps the sequence length (CPU presets).
+
+    ``max_per_token`` caps the group size in turn (it wins over ``max_tokens``): a token of k genes
+    must carry k noisy values through a ``hidden``-wide state and emit k scores, so k much larger
+    than hidden is a bottleneck the denoiser cannot learn (FLAG small at G=800, k=50, hidden 32
+    learned nothing).
+    """
+    k = 1 if not max_tokens or n_genes <= max_tokens else -(-n_genes // max_tokens)
+    return max(1, min(k, max_per_token)) if max_per_token else k
 
 
 class TokenProjector(nn.Module):

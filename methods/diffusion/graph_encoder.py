@@ -50,8 +50,15 @@ class GraphEncoderConfig:
     # as 0 (FLAG's "dynamic edge evolution suppressed") and no edge output is returned. The
     # internal edge state still evolves from the attention scores, as in the reference.
     use_edge_stream: bool = False
+    # "x_t": the node stem reads the noisy expression (the released code). "cond": it reads the node
+    # conditions C_v instead, so the encoder is GraphEncoder(C_v, C_e) as the paper's text writes it;
+    # its output then does not depend on X_t (or t, without ada_norm) and can be computed once per
+    # window and reused across sampler steps.
+    node_input: str = "x_t"
 
     def __post_init__(self):
+        if self.node_input not in ("x_t", "cond"):
+            raise ValueError(f"node_input must be 'x_t' or 'cond', got {self.node_input!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.ada_norm and self.d_model % 2:
@@ -173,7 +180,9 @@ class GraphTransformerBlock(nn.Module):
             pe = torch.zeros_like(pv)
         return self.fuse(torch.cat([t_emb, pv, pe], dim=-1))
 
-    def forward(self, h_x, h_e, t_emb, cond_v, cond_e, mask):
+    def forward(self, h_x, h_e, t_emb, cond_v, cond_e, mask, need_edges: bool = True):
+        """``need_edges=False`` skips the edge-stream update (returns h_e unchanged): only valid when
+        nothing reads h_e afterwards (the last block of an encoder without an edge head)."""
         B, N, C = h_x.shape
         H = self.n_heads
         node_w = mask[..., None].to(h_x.dtype)  # (B, N, 1)
@@ -213,6 +222,10 @@ class GraphTransformerBlock(nn.Module):
         o = (1 + self.cx_film_mul(cond_v) * node_w) * o + self.cx_film_add(cond_v) * node_w
         h_x = h_x + self.x_out(o) * node_w
 
+        if not need_edges:
+            h_x = h_x + self.ffn_x(self.norm_ffn_x(h_x, z) if self.ada_norm else self.norm_ffn_x(h_x))
+            return h_x, h_e
+
         # edge update from the raw modulated score (before masking/softmax)
         e_new = self._merge(score, B) * pair_w  # (B, N, N, C)
         if cond_e is not None:
@@ -231,8 +244,8 @@ class GraphTransformerBlock(nn.Module):
 class GraphEncoder(nn.Module):
     """Spatial graph encoder (``GraphModel`` in the reference).
 
-    forward(x_t (B,N,G) float, t (B,) float in [0,1], cond_v (B,N,Dc), cond_e (B,N,N,De) or None,
-    mask (B,N) bool or None, a_t (B,N,N,edge_dim) or None)
+    forward(x_t (B,N,G) float (or None when ``node_input="cond"``), t (B,) float in [0,1],
+    cond_v (B,N,Dc), cond_e (B,N,N,De) or None, mask (B,N) bool or None, a_t (B,N,N,edge_dim) or None)
         -> (node_out (B,N,G), edge_out (B,N,N,edge_dim) or None)
 
     ``node_out`` is zero on padded spots. ``edge_out`` is returned only when
@@ -244,7 +257,7 @@ class GraphEncoder(nn.Module):
         super().__init__()
         self.config = c = config
         C = c.d_model
-        self.node_in = _mlp(c.n_genes, C, C, nn.GELU)
+        self.node_in = _mlp(c.n_genes if c.node_input == "x_t" else c.node_cond_dim, C, C, nn.GELU)
         self.edge_in = _mlp(c.edge_dim, C, C, nn.GELU)
         if c.ada_norm:
             self.register_buffer("freqs", torch.exp(torch.linspace(0.0, 6.0, C // 2)), persistent=False)
@@ -274,29 +287,35 @@ class GraphEncoder(nn.Module):
 
     def forward(self, x_t, t, cond_v, cond_e=None, mask=None, a_t=None):
         c = self.config
-        B, N, G = x_t.shape
-        if G != c.n_genes:
-            raise ValueError(f"x_t has {G} genes, encoder was built for {c.n_genes}")
+        B, N = cond_v.shape[:2]
+        if c.node_input == "x_t":
+            if x_t is None or x_t.shape[-1] != c.n_genes:
+                raise ValueError(f"x_t must be (B, N, {c.n_genes}) when node_input='x_t'")
+            ref = x_t
+        else:
+            ref = cond_v.float() if x_t is None else cond_v.to(x_t.dtype)
         if mask is None:
-            mask = torch.ones(B, N, dtype=torch.bool, device=x_t.device)
+            mask = torch.ones(B, N, dtype=torch.bool, device=ref.device)
         mask = mask.bool()
         if c.use_cond_e_in_attn and cond_e is None:
             raise ValueError("use_cond_e_in_attn=True needs cond_e (B, N, N, edge_cond_dim)")
-        diag = torch.eye(N, dtype=torch.bool, device=x_t.device)[None, :, :, None]
-        cond_v = cond_v.to(x_t.dtype)
+        diag = torch.eye(N, dtype=torch.bool, device=ref.device)[None, :, :, None]
+        cond_v = cond_v.to(ref.dtype)
         if cond_e is not None:
-            cond_e = cond_e.to(x_t.dtype)
+            cond_e = cond_e.to(ref.dtype)
 
         if c.use_edge_stream and a_t is not None:
-            a_in = a_t.to(x_t.dtype).masked_fill(diag, 0.0)
+            a_in = a_t.to(ref.dtype).masked_fill(diag, 0.0)
         else:
-            a_in = x_t.new_zeros(B, N, N, c.edge_dim)
-        h_x = self.node_in(x_t)
+            a_in = ref.new_zeros(B, N, N, c.edge_dim)
+        h_x = self.node_in(x_t if c.node_input == "x_t" else cond_v)
         h_e = self.edge_in(a_in)
-        t_emb = self.time_in(self.time_features(t).to(x_t.dtype)) if c.ada_norm else None
+        t_emb = self.time_in(self.time_features(t).to(ref.dtype)) if c.ada_norm else None
 
-        for blk in self.blocks:
-            h_x, h_e = blk(h_x, h_e, t_emb, cond_v, cond_e, mask)
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            # without an edge head the last block's edge update is never read: skip it
+            h_x, h_e = blk(h_x, h_e, t_emb, cond_v, cond_e, mask, need_edges=c.use_edge_stream or i < last)
 
         node = self.node_out(h_x) * mask[..., None].to(h_x.dtype)
         if not c.use_edge_stream:
