@@ -115,10 +115,6 @@ def run(
     raise typer.Exit(summary.exit_code)
 
 
-class _Fmt(str):
-    pass
-
-
 @app.command()
 def report(
     results_dir: Path = typer.Option(Path("flag-bench-results"), "--results-dir", help="Results dir of `flag-bench run`."),

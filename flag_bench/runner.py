@@ -24,7 +24,6 @@ from flag_bench.catalog import DATASETS, ENCODERS, METHODS, METRICS
 from flag_bench.config import RunConfig
 from flag_bench.errors import CellFailure, UserError
 from flag_bench.grid import Cell
-from flag_bench.hashing import short_hash
 from flag_bench.store import ResultsStore, atomic_write_bytes, atomic_write_json
 
 
@@ -629,7 +628,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
-
-
-def config_digest(cfg: RunConfig) -> str:
-    return short_hash(dataclasses.asdict(cfg))
