@@ -28,6 +28,16 @@ def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.T
     return emb
 
 
+
+def xavier_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every Linear in ``module`` (the reference's
+    whole-model init, flag-spec §3.3); callers re-zero their adaLN/output heads afterwards."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
 class TimestepEmbedder(nn.Module):
     """Sinusoid of ``t * scale`` -> Linear -> SiLU -> Linear.
 
@@ -113,11 +123,7 @@ class GeneDiT(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        xavier_linears(self)
         nn.init.kaiming_uniform_(self.gene_embed, a=math.sqrt(5))
         # adaLN-Zero: every block starts as the identity and the output starts at zero
         for b in self.blocks:

@@ -272,11 +272,9 @@ class GraphEncoder(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        from flag_bench.methods.diffusion.dit import xavier_linears
+
+        xavier_linears(self)
         for blk in self.blocks:
             blk.zero_init()
 
