@@ -159,3 +159,37 @@ def test_small_preset_switches_are_recorded(data):
     assert m.summary["graph_input"].startswith("cond") and m.summary["t_per"] == "spot"
     m, _ = _fit("flag", data, {"graph_input": "x_t", "t_per": "window"})
     assert m.summary["graph_input"] == "x_t" and m.summary["t_per"] == "window"
+
+
+class _ConstantNet(torch.nn.Module):
+    """Stands in for FlagNet: returns a fixed output and records what it was fed."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value, self.seen = value, None
+
+    def forward(self, x_t, t, cond_v, cond_e, mask, a_t=None, capture=False, ctx=None):
+        self.seen = x_t
+        return torch.full_like(x_t, self.value), None, None
+
+
+@pytest.mark.parametrize("mode", ["raw", "over_sigma", "edm"])
+def test_score_output_parameterisations(mode):
+    # x0 ~ N(0, 1) per entry, so the exact score at noise sigma is -x_t / (1 + sigma^2): the "edm"
+    # parameterisation must give it with a zero network output, and read x_t / sqrt(1 + sigma^2).
+    m = Flag(Flag.make_config("tiny", {"score_output": mode}), seed=0)
+    g = torch.Generator().manual_seed(0)
+    sigma = torch.tensor([0.05, 1.0, 9.0]).view(3, 1, 1)
+    x_t = torch.randn(3, 4, 5, generator=g) * torch.sqrt(1 + sigma ** 2)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    net = _ConstantNet(0.0)
+    s, _, _ = m._score(net, x_t, torch.zeros(3), sigma, None, None, mask)
+    if mode == "edm":
+        torch.testing.assert_close(s, -x_t / (1 + sigma ** 2))
+        torch.testing.assert_close(net.seen, x_t / torch.sqrt(1 + sigma ** 2))
+    else:
+        assert torch.count_nonzero(s) == 0 and net.seen is x_t
+    s, _, _ = m._score(_ConstantNet(1.0), x_t, torch.zeros(3), sigma, None, None, mask)
+    expected = {"raw": torch.ones_like(x_t), "over_sigma": 1 / sigma.expand_as(x_t),
+                "edm": -x_t / (1 + sigma ** 2) + 1 / (sigma * torch.sqrt(1 + sigma ** 2))}[mode]
+    torch.testing.assert_close(s, expected)
