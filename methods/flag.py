@@ -455,7 +455,8 @@ class Flag(Method):
             if mode == "over_sigma":
                 return out / sig
             if mode == "edm":
-                return -x / (1 + sig ** 2) + out / (sig * torch.sqrt(1 + sig ** 2))
+                skip = 0.0 if x is None else -x / (1 + sig ** 2)  # A_t absent: the edge state is 0
+                return skip + out / (sig * torch.sqrt(1 + sig ** 2))
             return out
 
         s_x = to_score(out_x, x_t, sigma)
