@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from flag_bench.methods.base import Method, MethodCard
 from flag_bench.methods.diffusion import training
 from flag_bench.methods.diffusion.dit import GeneDiT, TimestepEmbedder, TokenProjector, auto_genes_per_token
+from flag_bench.methods.diffusion.edges import pair_mask, spot_pcc, static_edge_conditions, windows
 from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, require_embeddings
 from flag_bench.methods.diffusion.sampler import heun_pf_ode, randn
 from flag_bench.methods.diffusion.sde import VESDE, dsm_loss, masked_mean
@@ -345,6 +346,16 @@ class Flag(Method):
         return self.variant != "no-graph"
 
     @property
+    def reads_cond_e(self) -> bool:
+        """Whether the static edge conditions enter the graph attention (mode 1 always uses them)."""
+        return self.uses_graph and (self.variant in ("joint", "node") or self.config.use_cond_e_in_attn)
+
+    @property
+    def t_per(self) -> str:
+        """One diffusion time per "spot" or per "window"; graph diffusion (mode 1) always uses "window"."""
+        return "window" if self.variant in ("joint", "node") else self.config.t_per
+
+    @property
     def uses_alignment(self) -> bool:
         return self.variant in ("flag", "no-graph") and self.config.align_weight > 0 and self.config.align_layer > 0
 
@@ -359,12 +370,11 @@ class Flag(Method):
         for s in data.slides:
             cond = torch.as_tensor(self.norm_(s.embeddings))
             if self.uses_graph:
-                from flag_bench.methods.diffusion.edges import static_edge_conditions, windows
-
                 coords = np.asarray(s.coords_um, dtype=np.float64)
                 wins = [np.asarray(w, dtype=np.int64) for w in windows(coords, cfg.window_um, cfg.max_window_spots)]
-                ces = [torch.as_tensor(static_edge_conditions(coords[w], cond[w].numpy(), cfg.sigma_dist_um),
-                                       dtype=torch.float32) for w in wins]
+                ces = ([torch.as_tensor(static_edge_conditions(coords[w], cond[w].numpy(), cfg.sigma_dist_um),
+                                        dtype=torch.float32) for w in wins]
+                       if self.reads_cond_e else [None] * len(wins))
             else:  # no graph: every spot is its own one-node "window"
                 wins = [np.array([i]) for i in range(s.n_spots)]
                 ces = [None] * len(wins)
@@ -393,13 +403,9 @@ class Flag(Method):
         B, N, G = batch.x0.shape
         m3 = batch.mask[..., None]
         if self.variant == "regression":
-            # deterministic: zero input, fixed t = 1; the output is the expression itself
-            zeros = torch.zeros_like(batch.x0)
-            with training.autocast(self.device, cfg.amp):
-                pred, _, _ = net(zeros, torch.ones(B, device=dev), batch.cond_v, batch.cond_e, batch.mask)
-            loss = masked_mean((pred.float() - batch.x0) ** 2, m3)
+            loss = masked_mean((self._regress(net, batch, G, dev) - batch.x0) ** 2, m3)
             return loss, {"mse": float(loss.detach())}
-        per_spot = cfg.t_per == "spot" and self.variant not in ("joint", "node")
+        per_spot = self.t_per == "spot"
         t = sde.sample_t(B * N, gen, dev).view(B, N) if per_spot else sde.sample_t(B, gen, dev)
         noise = randn((B, N, G), gen, dev) * m3
         if per_spot:
@@ -407,12 +413,11 @@ class Flag(Method):
             x_t = batch.x0 + sigma * noise
         else:
             x_t, sigma = sde.perturb(batch.x0, t, noise)
-        a_t = a0 = noise_a = None
+        a_t = a0 = noise_a = pm = None
         if self.variant == "joint":
-            from flag_bench.methods.diffusion.edges import spot_pcc
-
+            pm = self._pair_mask(batch.mask)
             a0 = spot_pcc(batch.x0, batch.mask)
-            noise_a = randn(a0.shape, gen, dev) * self._pair_mask(batch.mask)
+            noise_a = randn(a0.shape, gen, dev) * pm
             a_t = a0 + sigma[..., None] * noise_a
         capture = self.uses_alignment
         s_x, s_a, z = self._score(net, x_t, t, sigma, batch.cond_v, batch.cond_e, batch.mask, a_t, capture)
@@ -420,9 +425,6 @@ class Flag(Method):
         logs = {"score": float(loss_x.detach())}
         loss = loss_x
         if self.variant == "joint":
-            from flag_bench.methods.diffusion.edges import spot_pcc
-
-            pm = self._pair_mask(batch.mask)
             loss_a = dsm_loss(s_a, noise_a, sigma[..., None], pm)
             a_hat = a_t + sigma[..., None] ** 2 * s_a
             with torch.no_grad():  # as in the reference: the gradient reaches only the edge branch
@@ -435,6 +437,14 @@ class Flag(Method):
             loss = loss + cfg.align_weight * align
             logs["align"] = float(align.detach())
         return loss, logs
+
+    def _regress(self, net, batch: _Batch, n_genes: int, dev) -> torch.Tensor:
+        """flag-regression's deterministic forward: zero input, fixed t = 1 -> (B, N, G) expression."""
+        B, N = batch.mask.shape
+        zeros = torch.zeros(B, N, n_genes, device=dev)
+        with training.autocast(self.device, self.config.amp):
+            pred, _, _ = net(zeros, torch.ones(B, device=dev), batch.cond_v, batch.cond_e, batch.mask)
+        return pred.float()
 
     def _score(self, net, x_t, t, sigma, cond_v, cond_e, mask, a_t=None, capture=False, ctx=None):
         """Network call in score space -> (s_x (B,N,G), s_a (B,N,N,1)|None, aligned tokens|None).
@@ -455,8 +465,7 @@ class Flag(Method):
             if mode == "over_sigma":
                 return out / sig
             if mode == "edm":
-                skip = 0.0 if x is None else -x / (1 + sig ** 2)  # A_t absent: the edge state is 0
-                return skip + out / (sig * torch.sqrt(1 + sig ** 2))
+                return -x / (1 + sig ** 2) + out / (sig * torch.sqrt(1 + sig ** 2))
             return out
 
         s_x = to_score(out_x, x_t, sigma)
@@ -466,9 +475,7 @@ class Flag(Method):
     @staticmethod
     def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
         """(B, N) -> (B, N, N, 1) valid off-diagonal pairs."""
-        pm = mask[:, :, None] & mask[:, None, :]
-        pm = pm & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
-        return pm[..., None]
+        return pair_mask(mask)[..., None]
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -478,17 +485,14 @@ class Flag(Method):
         B, N = batch.mask.shape
         G = self.n_genes_
         if self.variant == "regression":
-            zeros = torch.zeros(B, N, G, device=dev)
-            with training.autocast(self.device, cfg.amp):
-                pred, _, _ = net(zeros, torch.ones(B, device=dev), batch.cond_v, batch.cond_e, batch.mask)
-            out = self._to_target(pred.float()[:, None])
+            out = self._to_target(self._regress(net, batch, G, dev)[:, None])
             return out.clamp_min(0) if cfg.clip_at_zero else out
         rb = batch.repeat(n_samples)
         m3 = rb.mask[..., None]
         pm = self._pair_mask(rb.mask).float()
         joint = self.variant == "joint"
         ctx = None
-        if not net.graph_sees_xt and self.variant != "regression":
+        if not net.graph_sees_xt:
             # the condition does not depend on X_t or t: one graph pass per window, reused by every
             # ODE step and every sample
             with training.autocast(self.device, cfg.amp):
@@ -581,7 +585,7 @@ class Flag(Method):
         validate, eval_every = None, 0
         if val is not None and val.slides and (cfg.eval_every_steps or cfg.eval_every_epochs):
             require_embeddings(val, self.card.name)
-            vslides = self._prepare(val, True, dev)
+            vslides = self._prepare(val, False, dev)  # validate() scores against val.slides' targets
             vgen = torch.Generator(device="cpu").manual_seed(self.seed + 7)
             eval_every = cfg.eval_every_steps or max(1, round(cfg.eval_every_epochs * steps_per_epoch))
 
@@ -602,10 +606,9 @@ class Flag(Method):
             "epochs": round(loop["optimizer_steps"] / steps_per_epoch, 2), "steps_per_epoch": steps_per_epoch,
             "n_train_windows": len(picks), "window_spots_mean": float(np.mean(win_sizes)),
             "window_spots_max": int(np.max(win_sizes)), "window_um": cfg.window_um if self.uses_graph else None,
-            "use_cond_e_in_attn": (True if self.variant in ("joint", "node") else cfg.use_cond_e_in_attn)
-            if self.uses_graph else None,
+            "use_cond_e_in_attn": self.reads_cond_e if self.uses_graph else None,
             "graph_input": ("x_t" if net.graph_sees_xt else "cond (C_v, C_e only)") if self.uses_graph else None,
-            "t_per": "window" if self.variant in ("joint", "node") else cfg.t_per,
+            "t_per": self.t_per,
             "gene_embeddings": provider_info, "align_weight": cfg.align_weight if self.uses_alignment else 0.0,
             "genes_per_token": net.dit.k if net.dit is not None else None,
             "condition": self.norm_.describe(), "val_metric": cfg.val_metric if validate else None,

@@ -22,7 +22,7 @@ import torch.nn as nn
 from flag_bench.methods.base import Method, MethodCard
 from flag_bench.methods.diffusion import training
 from flag_bench.methods.diffusion.dit import GeneDiT, TimestepEmbedder, auto_genes_per_token
-from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, clip_predictions, require_embeddings, stack_targets
+from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, require_embeddings, stack_targets
 from flag_bench.methods.diffusion.sampler import ddpm_ancestral, randn
 from flag_bench.methods.diffusion.sde import GaussianDiffusion, linear_betas
 
@@ -113,8 +113,9 @@ class Stem(Method):
         dev = torch.device(self.device)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        self.norm_ = EmbeddingNormalizer(np.concatenate([s.embeddings for s in train.slides]), cfg.cond_pca)
-        y = torch.as_tensor(self.norm_(np.concatenate([s.embeddings for s in train.slides])), device=dev)
+        emb = np.concatenate([s.embeddings for s in train.slides])
+        self.norm_ = EmbeddingNormalizer(emb, cfg.cond_pca)
+        y = torch.as_tensor(self.norm_(emb), device=dev)
         x0 = torch.tensor(stack_targets(train), device=dev)
         n, G = x0.shape
         self.n_genes_ = G
@@ -176,7 +177,7 @@ class Stem(Method):
                 chunks.append(x)
             samples = torch.cat(chunks).view(s.n_spots, cfg.n_samples, self.n_genes_)
             pred = samples.clamp_min(0).mean(1) if cfg.clip_at_zero else samples.mean(1)
-            out.append(clip_predictions(pred.cpu().numpy(), cfg.clip_at_zero))
+            out.append(pred.cpu().numpy())  # each sample was clipped above when configured
         return out
 
     def n_parameters(self):

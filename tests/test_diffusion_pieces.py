@@ -12,7 +12,7 @@ import torch
 from flag_bench.errors import CellFailure
 from flag_bench.methods.diffusion.dit import GeneDiT, TokenProjector, auto_genes_per_token
 from flag_bench.methods.diffusion.ema import EMA
-from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, pad_windows
+from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer
 from flag_bench.methods.diffusion.sampler import ddpm_ancestral, heun_pf_ode
 from flag_bench.methods.diffusion.sde import VESDE, GaussianDiffusion, dsm_loss, linear_betas, masked_mean
 from flag_bench.methods.diffusion import training
@@ -219,13 +219,19 @@ def test_window_batching_covers_every_spot_exactly_once():
     wins = windows(coords, 1024.0, max_spots=40)
     allidx = np.concatenate(wins)
     assert sorted(allidx.tolist()) == list(range(500))
-    batch = pad_windows(wins, "cpu")
-    assert int(batch.mask.sum()) == 500
+    # FLAG's own batching: every spot lands in exactly one padded slot, with its own values
+    from flag_bench.methods.flag import _collate, _Slide
+
     vals = torch.arange(500.0)[:, None]
-    got = batch.gather(vals)[..., 0][batch.mask]
-    assert sorted(got.tolist()) == list(range(500))
-    pairs = batch.gather_pairs(torch.ones(500, 500, 1))
-    assert float(pairs.sum()) == sum(len(w) ** 2 for w in wins)
+    slide = _Slide(x0=vals, cond=vals, windows=wins, cond_e=[torch.ones(len(w), len(w), 2) for w in wins])
+    batch = _collate([slide], [(0, w) for w in range(len(wins))], "cpu", with_targets=True)
+    assert int(batch.mask.sum()) == 500
+    assert sorted(batch.cond_v[..., 0][batch.mask].tolist()) == list(range(500))
+    assert sorted(batch.x0[..., 0][batch.mask].tolist()) == list(range(500))
+    assert torch.count_nonzero(batch.x0[~batch.mask]) == 0
+    # padded pairs carry no edge condition
+    assert float(batch.cond_e.sum()) == 2 * sum(len(w) ** 2 for w in wins)
+    assert [sorted(i.tolist()) for _, i in batch.where] == [sorted(w.tolist()) for w in wins]
 
 
 def test_embedding_normalizer_uses_training_statistics_only():

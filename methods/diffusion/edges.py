@@ -18,6 +18,13 @@ DEFAULT_SIGMA_UM = 112.0  # 224 px × 0.5 µm/px
 DEFAULT_WINDOW_UM = 1024.0  # 2048 px × 0.5 µm/px
 
 
+def pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool -> (B, N, N) bool: both ends valid and i != j."""
+    m = mask.bool()
+    eye = torch.eye(m.shape[1], dtype=torch.bool, device=m.device)
+    return m[:, :, None] & m[:, None, :] & ~eye
+
+
 def static_edge_conditions(coords_um, cond_v, sigma_um: float = DEFAULT_SIGMA_UM) -> torch.Tensor:
     """C_e for one window: [w_dist, w_img] per spot pair.
 
@@ -62,10 +69,7 @@ def spot_pcc(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     cov = xc @ xc.transpose(1, 2) / (G - 1)
     pcc = torch.nan_to_num(cov / (std[:, :, None] * std[:, None, :]), nan=0.0, posinf=0.0, neginf=0.0)
     pcc = 0.5 * (pcc + pcc.transpose(1, 2))
-    keep = ~torch.eye(N, dtype=torch.bool, device=x.device)[None]
-    if mask is not None:
-        m = mask.bool()
-        keep = keep & m[:, :, None] & m[:, None, :]
+    keep = pair_mask(torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask)
     return (pcc * keep.to(pcc.dtype))[..., None]
 
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flag_bench.methods.diffusion.edges import pair_mask
+
 
 @dataclass(frozen=True)
 class GraphEncoderConfig:
@@ -318,7 +320,7 @@ class GraphEncoder(nn.Module):
         node = self.node_out(h_x) * mask[..., None].to(h_x.dtype)
         if not c.use_edge_stream:
             return node, None
-        pair = (mask[:, :, None] & mask[:, None, :])[..., None] & ~diag
+        pair = pair_mask(mask)[..., None]
         e = self.edge_out(h_e)
         e = 0.5 * (e + e.transpose(1, 2))
         return node, e * pair.to(e.dtype)

@@ -1,13 +1,10 @@
-"""Input preparation shared by the diffusion-family methods: checks, embedding normalisation with
-training statistics only, and padding of spot windows into batches.
+"""Input preparation shared by the diffusion-family methods: checks and embedding normalisation
+with training statistics only. (Window batching lives with FLAG, its only user: ``flag._collate``.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import torch
 
 from flag_bench.errors import UserError
 
@@ -57,44 +54,6 @@ class EmbeddingNormalizer:
         return {"standardised": "train spots", "pca_components": None if self.basis is None else self.dim}
 
 
-@dataclass
-class WindowBatch:
-    """Windows padded to a common size.
-
-    index : (B, N) long spot index into the slide (0 where padded); mask : (B, N) bool
-    """
-
-    index: torch.Tensor
-    mask: torch.Tensor
-
-    def gather(self, arr: torch.Tensor) -> torch.Tensor:
-        """(n_spots, ...) -> (B, N, ...), zeros where padded."""
-        out = arr[self.index]
-        m = self.mask.view(*self.mask.shape, *([1] * (out.dim() - 2)))
-        return out * m.to(out.dtype)
-
-    def gather_pairs(self, arr: torch.Tensor) -> torch.Tensor:
-        """(n_spots, n_spots, ...) -> (B, N, N, ...), zeros where either end is padded."""
-        out = arr[self.index[:, :, None], self.index[:, None, :]]
-        m = (self.mask[:, :, None] & self.mask[:, None, :])
-        m = m.view(*m.shape, *([1] * (out.dim() - 3)))
-        return out * m.to(out.dtype)
-
-
-def pad_windows(windows: list[np.ndarray], device) -> WindowBatch:
-    n = max(len(w) for w in windows)
-    index = np.zeros((len(windows), n), dtype=np.int64)
-    mask = np.zeros((len(windows), n), dtype=bool)
-    for i, w in enumerate(windows):
-        index[i, : len(w)] = w
-        mask[i, : len(w)] = True
-    return WindowBatch(torch.as_tensor(index, device=device), torch.as_tensor(mask, device=device))
-
-
 def stack_targets(data) -> np.ndarray:
     return np.concatenate([np.asarray(s.targets, dtype=np.float32) for s in data.slides])
 
-
-def clip_predictions(pred: np.ndarray, clip_at_zero: bool) -> np.ndarray:
-    pred = np.asarray(pred, dtype=np.float32)
-    return np.maximum(pred, 0.0) if clip_at_zero else pred

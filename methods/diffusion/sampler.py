@@ -22,10 +22,6 @@ def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     return torch.randn(*shape, generator=generator, device=gdev).to(device)
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
 @torch.no_grad()
 def heun_pf_ode(score_fn: ScoreFn, init: Sequence[torch.Tensor], sde: VESDE, n_steps: int,
                 post: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
