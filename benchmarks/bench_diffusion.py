@@ -7,10 +7,10 @@ Methods that ask for a validation slide get the last training slide (C6) as vali
     python benchmarks/bench_diffusion.py --methods mean,ridge,flag,stem --genes 50
     python benchmarks/bench_diffusion.py --methods flag --genes 800   # one method: clean peak RSS
 
-Scores: PCC (mean per-gene Pearson over test spots), MSE, GSC (Pearson of the upper triangles of
-the gene-gene correlation matrices). Peak memory is the process's max RSS (ru_maxrss), so run one
-method per process for a clean number. Timings are wall-clock and noisy on a
-shared machine: measure twice.
+Scores, by the leaderboard's rules (metrics/): PCC (mean per-gene Pearson over test spots), MSE,
+GSC (Pearson of the upper triangles of the gene-gene correlation matrices). Peak memory is the
+process's max RSS (ru_maxrss), so run one method per process for a clean number. Timings are
+wall-clock and noisy on a shared machine: measure twice.
 """
 
 from __future__ import annotations
@@ -55,15 +55,13 @@ def build_fold(n_genes: int, test: str = "C2", train_ids=("C3", "C4", "C5", "C6"
 
 
 def scores(pred: np.ndarray, y: np.ndarray) -> dict:
-    def colcorr(a, b):
-        a, b = a - a.mean(0), b - b.mean(0)
-        den = np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0))
-        return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), np.nan)
+    """The leaderboard's own rules (metrics/): PCC over genes not constant in the truth, GSC."""
+    from flag_bench.metrics.core import pearson_per_gene
+    from flag_bench.metrics.structure import gsc_scores
 
-    keep = (pred.std(0) > 0) & (y.std(0) > 0)
-    iu = np.triu_indices(int(keep.sum()), 1)
-    gsc = np.corrcoef(np.corrcoef(pred[:, keep].T)[iu], np.corrcoef(y[:, keep].T)[iu])[0, 1] if keep.sum() > 2 else np.nan
-    return {"pcc": float(np.nanmean(colcorr(pred, y))), "mse": float(np.mean((pred - y) ** 2)), "gsc": float(gsc)}
+    r, valid = pearson_per_gene(y, pred)
+    return {"pcc": float(r[valid].mean()) if valid.any() else float("nan"),
+            "mse": float(np.mean((pred - y) ** 2)), "gsc": gsc_scores(y, pred).values["gsc"]}
 
 
 def run(method: str, n_genes: int, preset: str, seed: int = 0, overrides=None) -> dict:

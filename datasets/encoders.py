@@ -13,7 +13,6 @@ Registry entries are the classes; instantiate with no arguments.
 from __future__ import annotations
 
 import abc
-import hashlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -143,14 +142,6 @@ class TorchEncoder(Encoder):
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             f = self.features(model, x)
         return f.float().cpu().numpy()
-
-
-def _file_digest(path: Path, n: int = 8) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
 
 
 class EfficientNetLite0(TorchEncoder):

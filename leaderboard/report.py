@@ -35,16 +35,6 @@ class Leaderboard:
     curves: dict[str, "object"]  # dataset -> DataFrame (method x G) of the sort metric
 
 
-def _ci(values: np.ndarray) -> tuple[float, float]:
-    from flag_bench.metrics.stats import bootstrap_ci
-
-    v = values[np.isfinite(values)]
-    if v.size < 2:
-        return float("nan"), float("nan")
-    lo, hi = bootstrap_ci(v, level=0.95, seed=0)
-    return float(lo), float(hi)
-
-
 def protocol_line(protocol_json: str) -> str:
     p = json.loads(protocol_json or "{}")
     if not p:
@@ -71,16 +61,15 @@ def build(df, *, metric: str = "pcc_mean", columns: tuple[str, ...] | None = Non
             raise UserError(f"--columns: {', '.join(missing)} not in these results")
     if metric not in cols:
         cols = [metric, *cols]
+    from flag_bench.metrics.stats import summarize
+
     rows = []
     for key, g in df.groupby(GROUP, sort=True):
         row = dict(zip(GROUP, key))
         row["cells"] = len(g)
         for c in cols:
-            v = g[c].to_numpy(dtype=float)
-            fin = v[np.isfinite(v)]
-            row[c] = float(fin.mean()) if fin.size else float("nan")
-            row[f"{c}_std"] = float(fin.std(ddof=1)) if fin.size > 1 else float("nan")
-            row[f"{c}_ci_low"], row[f"{c}_ci_high"] = _ci(v)
+            s = summarize(g[c].to_numpy(dtype=float), level=0.95, seed=0)
+            row[c], row[f"{c}_std"], row[f"{c}_ci_low"], row[f"{c}_ci_high"] = s.mean, s.std, s.ci_low, s.ci_high
         rows.append(row)
     table = pd.DataFrame(rows)
     hib = direction.get(metric, True)

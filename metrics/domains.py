@@ -24,6 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
+from flag_bench.metrics.moran import constant_columns
 from flag_bench.metrics.structure import centred_gram, single_threaded, validate_pair
 
 
@@ -37,7 +38,7 @@ def pca_scores(x: np.ndarray, n_pcs: int = 30) -> np.ndarray:
     z, gram = centred_gram(np.asarray(x, dtype=np.float64), dtype=np.float32)
     var = np.diag(gram).astype(np.float64)
     # exact constancy, not var > 0: a constant column can centre to rounding noise
-    varies = (np.ptp(x, axis=0) > 0) & (var > 0)
+    varies = ~constant_columns(x) & (var > 0)
     inv = np.zeros(g)
     inv[varies] = 1.0 / np.sqrt(var[varies] / n)
     if g <= n_pcs:
@@ -134,7 +135,7 @@ def domain_scores(
     elif mask.sum() < 2:
         notes["ari_annot_reason"] = notes["nmi_annot_reason"] = "fewer than 2 annotated spots"
     else:
-        ann_v = np.asarray(annotations)[mask]
+        ann_v = ann[mask]
         values["ari_annot"] = float(adjusted_rand_score(ann_v, lp[mask]))
         values["nmi_annot"] = float(normalized_mutual_info_score(ann_v, lp[mask]))
         # the truth's own agreement with the annotations: the ceiling a prediction can reach

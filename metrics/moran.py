@@ -81,9 +81,14 @@ def _as_matrix(x: np.ndarray, n: int) -> np.ndarray:
     return a
 
 
+def constant_columns(x: np.ndarray) -> np.ndarray:
+    """(N, G) -> (G,) bool, True where a column is exactly constant (every column when N = 0)."""
+    return np.ptp(x, axis=0) == 0 if x.shape[0] else np.ones(x.shape[1], bool)
+
+
 def _centre(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (Z (N, G) centred, z'z (G,), constant (G,) bool)."""
-    constant = np.ptp(x, axis=0) == 0 if x.shape[0] else np.ones(x.shape[1], bool)
+    constant = constant_columns(x)
     z = x - x.mean(axis=0)
     # an exactly constant column can centre to rounding noise; force it to zero
     z[:, constant] = 0.0

@@ -82,8 +82,7 @@ def _check_coords(coords: np.ndarray) -> np.ndarray:
 
 def _finish(adj: sp.spmatrix, transform: Transform, builder: str, params: dict) -> SpatialWeights:
     """Binary adjacency (any sparse, zero diagonal) -> transformed SpatialWeights."""
-    if transform not in ("R", "B"):
-        raise ValueError(f"transform must be 'R' (row-standardised) or 'B' (binary), got {transform!r}")
+    transform = _validate_transform(transform)
     a = sp.csr_matrix(adj, dtype=np.float64)
     a.setdiag(0.0)
     a.eliminate_zeros()

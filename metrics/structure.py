@@ -32,8 +32,11 @@ from threadpoolctl import threadpool_limits
 
 from flag_bench.errors import CellFailure
 from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
-from flag_bench.metrics.moran import morans_i_values
+from flag_bench.metrics.moran import constant_columns, morans_i_values
 from flag_bench.metrics.spatial_weights import KNNWeights
+
+# the SSC neighbourhood unless a caller passes its own builder (stateless, so one instance serves all)
+DEFAULT_WEIGHTS = KNNWeights(6, symmetric=True, transform="R")
 
 
 def validate_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +67,6 @@ def single_threaded():
     return threadpool_limits(limits=1)
 
 
-def _constant(x: np.ndarray) -> np.ndarray:
-    return np.ptp(x, axis=0) == 0 if x.shape[0] else np.ones(x.shape[1], bool)
-
-
 def correlation_score(truth: np.ndarray, pred: np.ndarray) -> tuple[float, str | None]:
     """Pearson between two (M,) vectors under the no-credit convention -> (r, reason or None).
 
@@ -96,7 +95,7 @@ def centred_gram(x: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarra
 def gene_correlation(x: np.ndarray, constant: np.ndarray | None = None) -> np.ndarray:
     """(N, G) -> (G, G) Pearson correlation of the columns over rows; rows/columns of constant
     genes are 0 (their diagonal too)."""
-    const = _constant(x) if constant is None else constant
+    const = constant_columns(x) if constant is None else constant
     _, c = centred_gram(x)
     inv = np.zeros(c.shape[0])
     inv[~const] = 1.0 / np.sqrt(np.diag(c)[~const])
@@ -126,7 +125,7 @@ def gsc_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     """GSC family for one slide: y_true, y_pred (N, G) -> Scores(values gsc, gsc_spearman,
     gsc_frobenius; notes with counts and reasons)."""
     yt, yp = validate_pair(y_true, y_pred)
-    ct, cp = _constant(yt), _constant(yp)
+    ct, cp = constant_columns(yt), constant_columns(yp)
     keep = ~ct
     notes: dict[str, Any] = {
         "n_valid_genes": int(keep.sum()),
@@ -166,11 +165,11 @@ def ssc_scores(y_true: np.ndarray, y_pred: np.ndarray, coords: np.ndarray | None
     """SSC family for one slide.
 
     y_true, y_pred (N, G); coords (N, 2) spot positions; weights: a builder with
-    ``build(coords) -> SpatialWeights`` (default KNNWeights(6, symmetric=True, transform="R")).
+    ``build(coords) -> SpatialWeights`` (default ``DEFAULT_WEIGHTS``: kNN, k = 6, symmetric, row-standardised).
     Returns Scores(values ssc, ssc@<top>, moran_abs_err; per_gene moran_i_true, moran_i_pred).
     """
     yt, yp = validate_pair(y_true, y_pred)
-    builder = weights if weights is not None else KNNWeights(6, symmetric=True, transform="R")
+    builder = weights if weights is not None else DEFAULT_WEIGHTS
     top_name = f"ssc@{top}"
     names = ("ssc", top_name, "moran_abs_err")
     g = yt.shape[1]
@@ -218,7 +217,7 @@ def rvd_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     """Stem's relative variance distance: (N, G) pair -> Scores(values rvd; per_gene rvd)."""
     yt, yp = validate_pair(y_true, y_pred)
     vt, vp = yt.var(axis=0), yp.var(axis=0)
-    valid = ~_constant(yt)
+    valid = ~constant_columns(yt)
     per = np.full(yt.shape[1], np.nan)
     per[valid] = (vp[valid] - vt[valid]) ** 2 / vt[valid] ** 2
     notes: dict[str, Any] = {"n_valid_genes": int(valid.sum()), "n_const_true": int((~valid).sum())}
@@ -267,7 +266,7 @@ def make_gsc() -> Metric:
 
 def make_ssc(weights=None, top: int = 32) -> Metric:
     """SSC Metric with configurable weights builder and top-gene count (default kNN k=6, 32)."""
-    builder = weights if weights is not None else KNNWeights(6, symmetric=True, transform="R")
+    builder = weights if weights is not None else DEFAULT_WEIGHTS
     if int(top) < 2:
         raise ValueError(f"top must be >= 2 (a correlation needs 2 genes), got {top}")
     return Metric(

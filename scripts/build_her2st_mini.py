@@ -26,9 +26,7 @@ Layout of the HDF5 file (all datasets gzip'd)::
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
-import json
 import pickle
 import time
 from pathlib import Path
