@@ -24,12 +24,14 @@ import numpy as np
 
 
 def build_fold(n_genes: int, test: str = "C2", train_ids=("C3", "C4", "C5", "C6"), encoder="efficientnet-lite0"):
+    from flag_bench.catalog import ENCODERS
     from flag_bench.datasets import her2st_mini
     from flag_bench.datasets.base import PatchSpec
     from flag_bench.datasets.embed_cache import get_embeddings
     from flag_bench.datasets.views import SlideInput, TestData, TrainData, TrainSlide
 
     ds = her2st_mini.load()
+    enc = ENCODERS.get(ENCODERS.check(encoder))()
     counts = {s.id: s.counts for s in ds.slides}
     mean = np.mean(np.vstack([np.log1p(counts[i].toarray()) for i in train_ids]), axis=0)
     panel = np.argsort(-mean, kind="stable")[:n_genes]
@@ -38,7 +40,7 @@ def build_fold(n_genes: int, test: str = "C2", train_ids=("C3", "C4", "C5", "C6"
         s = ds.slide(sid)
         return dict(slide_id=sid, patient=s.patient, barcodes=np.asarray(s.barcodes),
                     coords_um=np.asarray(s.coords_um, dtype=np.float32),
-                    embeddings=get_embeddings(ds, sid, encoder, PatchSpec()), tiles=None,
+                    embeddings=get_embeddings(ds, sid, enc, PatchSpec()), image=None,
                     spot_diameter_um=s.spot_diameter_um)
 
     genes = tuple(ds.genes[i] for i in panel)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from flag_bench.config import RunConfig
-from flag_bench.runner import Runner
+from flag_bench.driver import Driver
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
         base = RunConfig(datasets=(args.dataset,), methods=tuple(args.methods.split(",")), genes=(args.genes,),
                          device="cpu", encoder=args.encoder, results_dir=str(Path(tmp) / "warm"))
         t = time.perf_counter()
-        Runner(base.replace(genes=(10,))).run()  # warms the embedding cache and the imports
+        Driver(base.replace(genes=(10,))).run()  # warms the embedding cache and the imports
         print(f"warm-up (embeddings, imports, MLflow store creation): {time.perf_counter() - t:.1f} s")
         stamps, recs = [], []
 
@@ -40,18 +40,18 @@ def main() -> None:
             recs.append(rec)
 
         cfg = base.replace(results_dir=str(Path(tmp) / "run"))
-        runner = Runner(cfg, after_cell=hook)
+        driver = Driver(cfg, after_cell=hook)
         t0 = time.perf_counter()
-        summary = runner.run()
+        summary = driver.run()
         assert summary.ok == len(recs), summary.failed
         # cell i (i >= 1) spans from the end of cell i-1 to its own end, so it includes the record
         # write and MLflow logging; the first cell also carries per-invocation setup and is left out
         rows = []
         for i in range(1, len(recs)):
-            c = recs[i]["costs"]
+            c = recs[i].costs
             wall = stamps[i] - stamps[i - 1]
             fp = c["fit_seconds"] + c["predict_seconds"]
-            rows.append((recs[i]["cell"]["fold"], wall, fp, wall - fp))
+            rows.append((recs[i].cell.fold, wall, fp, wall - fp))
         print(f"invocation start -> first cell done: {stamps[0] - t0:.2f} s (setup, not counted)")
         print(f"{'fold':<14}{'wall s':>9}{'fit+pred s':>12}{'overhead s':>12}")
         for fold, wall, fp, ov in rows:

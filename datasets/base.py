@@ -7,10 +7,14 @@ column selections and slides can be stacked without re-indexing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+# What a dataset can serve to a method (the vocabulary of MethodCard.needs). The planner refuses
+# a method whose needs a dataset lacks, so a dataset without images fails before any cell runs.
+CAPABILITIES = frozenset({"embeddings", "tiles", "coords", "slide_context", "counts", "region"})
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,17 @@ class PatchSpec:
         return f"{self.size_um:g}um-{self.size_px}px"
 
 
-# (slide, patch spec) -> uint8 array (n_spots, size_px, size_px, 3)
-TileReader = Callable[["Slide", PatchSpec], np.ndarray]
+class TileReader(Protocol):
+    """Reads a slide's spot patches by slide id, so an image reader never needs the slide's counts.
+
+    ``spots`` (sorted indices) restricts the read to those spots, in that order; a spot's patch
+    must not depend on which other spots are read. A reader may also define
+    ``max_field_um: float | None`` (the widest patch it can cut; None = any) and a native
+    ``region(slide_id, center_um, size_um, px)`` when it holds the whole image.
+    """
+
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (n_spots or len(spots), size_px, size_px, 3)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +82,7 @@ class Slide:
         """uint8 (n_spots, size_px, size_px, 3) RGB patches centred on the spots."""
         if self.tile_reader is None:
             raise ValueError(f"slide {self.id} has no image tiles")
-        return self.tile_reader(self, patch)
+        return self.tile_reader(self.id, patch)
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +114,19 @@ class SpatialDataset:
     @property
     def patients(self) -> dict[str, str]:
         return {s.id: s.patient for s in self.slides}
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this dataset can serve, from ``CAPABILITIES``.
+
+        Coordinates, training counts and whole-slide context come with every slide; image
+        inputs (tiles, embeddings, regions composed from tiles) only when every slide has a
+        reader, since a fold may test on any slide.
+        """
+        caps = {"coords", "counts", "slide_context"}
+        if self.slides and all(s.tile_reader is not None for s in self.slides):
+            caps |= {"tiles", "embeddings", "region"}
+        return frozenset(caps)
 
     def to_anndata(self, slide_id: str):
         """AnnData view of one slide (``obsm['spatial']`` in full-res pixels, ``uns`` metadata)."""

@@ -1,24 +1,44 @@
 """Embedding cache: (dataset version, encoder + version, patch spec, slide) -> float32 (N, D).
 
 Two levels: an in-process memo, and ``.npy`` files under the cache folder (``cache_dir``, else
-``$FLAG_BENCH_CACHE``, else ``~/.cache/flag-bench``) shared across processes and runs. Files are
-written to a temporary name and renamed into place, so concurrent writers never leave a torn
-file; a file that cannot be read or has the wrong shape is recomputed with a warning naming it.
+``$FLAG_BENCH_CACHE``, else ``~/.cache/flag-bench``) shared across processes and runs. Files go
+through the harness's one atomic writer, so concurrent writers never leave a torn file; a file
+that cannot be read or has the wrong shape is recomputed with a warning naming it.
+
+The cache knows a slide only by a ``SlideRef`` and a tile-reading function, never by the Slide:
+image access handed to methods goes through here without carrying the slide's counts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from flag_bench.datasets.base import PatchSpec, SpatialDataset
+from flag_bench.datasets.encoders import Encoder
+from flag_bench.io import atomic_write
 
 _MEMO: dict[str, np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """A slide's identity and size: what the cache key and the shape check need."""
+
+    dataset: str
+    version: str
+    slide_id: str
+    n_spots: int
+
+    @classmethod
+    def of(cls, dataset: SpatialDataset, slide_id: str) -> "SlideRef":
+        return cls(dataset.name, dataset.version, slide_id, dataset.slide(slide_id).n_spots)
 
 
 def default_cache_dir() -> Path:
@@ -30,26 +50,39 @@ def device_kind(device: str) -> str:
     return str(device).split(":")[0]
 
 
-def cache_key(dataset: SpatialDataset, slide_id: str, encoder, patch: PatchSpec, device: str = "cpu") -> str:
+def cache_key(ref: SlideRef, encoder: Encoder, patch: PatchSpec, device: str = "cpu") -> str:
     """Readable prefix plus a hash of exactly the things that change the numbers.
 
     The device kind (cpu / cuda) is part of the key for device-dependent encoders: CUDA runs
     under float16 autocast, and reusing those numbers on a CPU run would break "same seed and
     same device -> identical numbers".
     """
-    parts = [dataset.name, dataset.version, encoder.name, encoder.version, patch.key(), slide_id]
+    parts = [ref.dataset, ref.version, encoder.name, encoder.version, patch.key(), ref.slide_id]
     if getattr(encoder, "device_dependent", True):
         parts.append(device_kind(device))
-    raw = "|".join(parts)
-    digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{dataset.name}-{slide_id}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{ref.dataset}-{ref.slide_id}")
     return f"{safe}-{encoder.name}-{patch.key()}-{digest}"
 
 
-def _encoder(name: str):
-    from flag_bench.catalog import ENCODERS
+def cache_path(ref: SlideRef, encoder: Encoder, patch: PatchSpec, *, device: str = "cpu",
+               cache_dir: str | os.PathLike | None = None) -> Path:
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return folder / "embeddings" / f"{cache_key(ref, encoder, patch, device)}.npy"
 
-    return ENCODERS.get(ENCODERS.check(name))()
+
+def is_cached(ref: SlideRef, encoder: Encoder, patch: PatchSpec, *, device: str = "cpu",
+              cache_dir: str | os.PathLike | None = None) -> bool:
+    """True when the memo or a file of the right shape holds these embeddings (header only:
+    a file with bad values is still found and recomputed, with a warning, when read)."""
+    path = cache_path(ref, encoder, patch, device=device, cache_dir=cache_dir)
+    if str(path) in _MEMO:
+        return True
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        return arr.dtype == np.float32 and arr.shape == (ref.n_spots, encoder.dim)
+    except Exception:  # missing or unreadable: not cached
+        return False
 
 
 def _read(path: Path, n_spots: int, dim: int) -> np.ndarray | None:
@@ -67,47 +100,47 @@ def _read(path: Path, n_spots: int, dim: int) -> np.ndarray | None:
         return None
 
 
-def _write(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def embeddings_for(
+    ref: SlideRef,
+    read_tiles: Callable[[PatchSpec], np.ndarray],
+    encoder: Encoder,
+    patch: PatchSpec,
+    *,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
+    """float32 (n_spots, D) embeddings of the slide's tiles at ``patch`` (read-only array);
+    ``read_tiles(patch)`` is called only on a miss."""
+    path = cache_path(ref, encoder, patch, device=device, cache_dir=cache_dir)
+    memo_key = str(path)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    arr = _read(path, ref.n_spots, encoder.dim)
+    if arr is None:
+        arr = encoder.encode(read_tiles(patch), device=device)
+        if arr.shape != (ref.n_spots, encoder.dim):
+            raise RuntimeError(f"encoder {encoder.name} returned {arr.shape} for slide {ref.slide_id} "
+                               f"({ref.n_spots} spots, dim {encoder.dim})")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        atomic_write(path, lambda tmp: np.save(tmp, arr, allow_pickle=False))
+    arr.setflags(write=False)
+    _MEMO[memo_key] = arr
+    return arr
 
 
 def get_embeddings(
     dataset: SpatialDataset,
     slide_id: str,
-    encoder_name: str,
+    encoder: Encoder,
     patch: PatchSpec,
     *,
     device: str = "cpu",
     cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array)."""
-    encoder = _encoder(encoder_name)
     slide = dataset.slide(slide_id)
-    key = cache_key(dataset, slide_id, encoder, patch, device)
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    path = folder / "embeddings" / f"{key}.npy"
-    memo_key = f"{path}"
-    if memo_key in _MEMO:
-        return _MEMO[memo_key]
-    arr = _read(path, slide.n_spots, encoder.dim)
-    if arr is None:
-        arr = encoder.encode(slide.tiles(patch), device=device)
-        if arr.shape != (slide.n_spots, encoder.dim):
-            raise RuntimeError(f"encoder {encoder_name} returned {arr.shape} for slide {slide_id} "
-                               f"({slide.n_spots} spots, dim {encoder.dim})")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        _write(path, arr)
-    arr.setflags(write=False)
-    _MEMO[memo_key] = arr
-    return arr
+    return embeddings_for(SlideRef.of(dataset, slide_id), slide.tiles, encoder, patch,
+                          device=device, cache_dir=cache_dir)
 
 
 def clear_memo() -> None:

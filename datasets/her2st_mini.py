@@ -57,8 +57,12 @@ class JpegTileReader:
         self.stored_um = float(stored_um)
         self.stored_px = int(stored_px)
 
-    def __call__(self, slide: Slide, patch: PatchSpec) -> np.ndarray:
-        """uint8 (n_spots, size_px, size_px, 3)."""
+    @property
+    def max_field_um(self) -> float:
+        return self.stored_um
+
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (n_spots or len(spots), size_px, size_px, 3); ``spots`` are sorted indices."""
         from PIL import Image
 
         if patch.size_um > self.stored_um + 1e-6:
@@ -73,7 +77,12 @@ class JpegTileReader:
         box = (lo, lo, lo + side, lo + side)
         whole = abs(side - self.stored_px) < 1e-6
         with h5py.File(self.path, "r") as f:
-            blobs = f["slides"][slide.id]["tiles"][()]
+            stored = f["slides"][slide_id]["tiles"]
+            if spots is None:
+                blobs = stored[()]
+            else:  # h5py reads a point selection only for increasing indices, and not an empty one
+                spots = np.asarray(spots, dtype=np.int64)
+                blobs = stored[spots] if len(spots) else []
         out = np.empty((len(blobs), patch.size_px, patch.size_px, 3), dtype=np.uint8)
         for i, b in enumerate(blobs):
             img = Image.open(io.BytesIO(b.tobytes())).convert("RGB")
@@ -85,6 +94,31 @@ class JpegTileReader:
                 img.resize((patch.size_px, patch.size_px), Image.Resampling.BICUBIC, box=None if whole else box)
             )
         return out
+
+
+def _read_slide(g: h5py.Group, sid: str, reader: JpegTileReader) -> Slide:
+    c = g["counts"]
+    counts = sp.csr_matrix(
+        (c["data"][()], c["indices"][()], c["indptr"][()]), shape=tuple(int(v) for v in c.attrs["shape"])
+    )
+    ga = g.attrs
+    return Slide(
+        id=sid,
+        patient=str(ga["patient"]),
+        counts=counts,
+        barcodes=_str_array(g["barcodes"]),
+        coords=g["coords"][()].astype(np.float64),
+        pixel_size_um=float(ga["pixel_size_um"]),
+        spot_diameter_um=float(ga["spot_diameter_um"]),
+        tile_reader=reader,
+        meta={
+            "annotations": g["annotations"][()].astype(np.int64),
+            "annotations_source": "authors' expression-based clusters (res/ST-cluster/lbl), -1 = none",
+            "array_xy": g["array_xy"][()],
+            "image_file": str(ga["image_file"]),
+            "image_size": (int(ga["image_w"]), int(ga["image_h"])),
+        },
+    )
 
 
 def load(path: str | os.PathLike | None = None) -> SpatialDataset:
@@ -104,31 +138,7 @@ def load(path: str | os.PathLike | None = None) -> SpatialDataset:
         genes = tuple(str(g) for g in _str_array(f["genes"]))
         gene_ids = tuple(str(g) for g in _str_array(f["gene_ids"]))
         reader = JpegTileReader(p, float(a["patch_um"]), int(a["patch_px"]))
-        slides = []
-        for sid in f["slides"]:
-            g = f["slides"][sid]
-            c = g["counts"]
-            counts = sp.csr_matrix(
-                (c["data"][()], c["indices"][()], c["indptr"][()]), shape=tuple(int(v) for v in c.attrs["shape"])
-            )
-            ga = g.attrs
-            slides.append(Slide(
-                id=str(sid),
-                patient=str(ga["patient"]),
-                counts=counts,
-                barcodes=_str_array(g["barcodes"]),
-                coords=g["coords"][()].astype(np.float64),
-                pixel_size_um=float(ga["pixel_size_um"]),
-                spot_diameter_um=float(ga["spot_diameter_um"]),
-                tile_reader=reader,
-                meta={
-                    "annotations": g["annotations"][()].astype(np.int64),
-                    "annotations_source": "authors' expression-based clusters (res/ST-cluster/lbl), -1 = none",
-                    "array_xy": g["array_xy"][()],
-                    "image_file": str(ga["image_file"]),
-                    "image_size": (int(ga["image_w"]), int(ga["image_h"])),
-                },
-            ))
+        slides = [_read_slide(f["slides"][sid], str(sid), reader) for sid in f["slides"]]
     order = {"B4": 0, "C2": 1, "C3": 2, "C4": 3, "C5": 4, "C6": 5}
     slides.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
     return SpatialDataset(

@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from flag_bench.errors import UserError
-from flag_bench.hashing import short_hash
+from flag_bench.hashing import canonical_json, short_hash
+from flag_bench.spec import PanelSpec
 
 _EXCLUDED = re.compile(r"^(MT-|mt-|MT|mt|RPS|RPL)")
 
@@ -224,16 +225,16 @@ class FilePanel(PanelSelector):
         return self._panel(list(genes), [pos[g] for g in wanted], train_slides, dataset_version)
 
 
-def make_selector(spec: str) -> PanelSelector:
-    """'hmhvg', 'hvg' or 'file:PATH'."""
-    from flag_bench.catalog import PANELS
-
-    name, _, arg = spec.partition(":")
-    cls = PANELS.get(PANELS.check(name))
-    if name == "file":
-        if not arg:
+def make_selector(spec: PanelSpec, cls: type[PanelSelector]) -> PanelSelector:
+    """Instantiate the selector class the caller resolved from the PANELS registry for ``spec``
+    (a file selector gets the spec's path; the others take no argument)."""
+    if spec.kind == "file":
+        if not spec.path:
             raise UserError("--panel file needs a path: --panel file:genes.txt")
-        return cls(arg)
-    if arg:
-        raise UserError(f"--panel {spec}: selector '{name}' takes no argument")
+        return cls(spec.path)
     return cls()
+
+
+def selector_key(selector: PanelSelector) -> str:
+    """Canonical text of a selector and its parameters (a memo key: equal text, equal panels)."""
+    return f"{selector.name}:{canonical_json(selector.params)}"

@@ -1,8 +1,12 @@
 """Splits: leave-one-slide-out, leave-one-patient-out, and explicit split files.
 
-A fold is train / val / test slide ids. A fold whose test patient also has slides in train is
-refused unless the caller allows it: either explicitly, or because the dataset documents its
-slide protocol as within-patient (her2st-mini: leave-one-section-out inside patient C).
+A fold is train / val / test slide ids. A split is computed once per dataset and carries no
+validation slides; a method that wants one gets it from ``carve_validation``, which moves a
+training slide to val without changing the fold's non-test slides.
+
+A fold whose test patient also has slides in train is refused unless the caller allows it:
+either explicitly, or because the dataset documents its slide protocol as within-patient
+(her2st-mini: leave-one-section-out inside patient C).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
-from flag_bench.errors import UserError
+from typing import Callable
 
 from flag_bench.datasets.base import SpatialDataset
+from flag_bench.errors import UserError
+from flag_bench.spec import SplitSpec
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,10 @@ class Fold:
     val: tuple[str, ...]
     test: tuple[str, ...]
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "train": list(self.train), "val": list(self.val), "test": list(self.test)}
+    @property
+    def non_test(self) -> tuple[str, ...]:
+        """Training and validation slides: what the fold's panel and statistics are fitted on."""
+        return (*self.train, *self.val)
 
 
 @dataclass(frozen=True)
@@ -34,22 +41,40 @@ class SplitPlan:
     folds: tuple[Fold, ...]
     patient_overlap: bool  # some fold has its test patient in train (recorded in the protocol)
     description: str
+    # the scheme's slide order: a validation slide is the first training slide after the test
+    # slide in this order, so each fold validates on a different slide
+    order: tuple[str, ...]
 
 
-def _carve_val(train: list[str], test: tuple[str, ...], order: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Take one validation slide from train: the first train slide after the test slide in
-    dataset order (wrapping), so each fold validates on a different slide."""
+@dataclass(frozen=True)
+class _Folds:
+    folds: list[Fold]
+    order: tuple[str, ...]
+    allow_overlap: bool
+    description: str
+
+
+def carve_validation(plan: SplitPlan, fold: Fold) -> Fold:
+    """``fold`` with one validation slide taken from its training slides (the first training
+    slide after the test slide in ``plan.order``, wrapping). A split file's own val wins.
+
+    The fold's non-test slides stay the same, so panels fitted on them do not change.
+    """
+    if fold.val:
+        return fold
+    train, test = fold.train, fold.test
     if len(train) < 2:
         raise UserError(
             f"a validation slide was requested but the fold testing {','.join(test)} has only "
             f"{len(train)} training slide(s); use a split with more training slides"
         )
+    order = plan.order
     start = order.index(test[0]) if test[0] in order else 0
     for i in range(1, len(order) + 1):
         cand = order[(start + i) % len(order)]
         if cand in train:
-            return [s for s in train if s != cand], [cand]
-    raise AssertionError("unreachable")
+            return Fold(fold.name, tuple(s for s in train if s != cand), (cand,), test)
+    raise ValueError(f"fold '{fold.name}' is not from this split: none of its training slides is in {order}")
 
 
 def _check_fold(ds: SpatialDataset, fold: Fold, allow_overlap: bool, where: str) -> bool:
@@ -74,69 +99,61 @@ def _check_fold(ds: SpatialDataset, fold: Fold, allow_overlap: bool, where: str)
     return bool(overlap)
 
 
-def make_split(
-    ds: SpatialDataset,
-    scheme: str,
-    *,
-    with_val: bool = False,
-    allow_patient_overlap: bool | None = None,
-) -> SplitPlan:
-    """Build the folds of ``scheme`` for ``ds``.
+def _slide_folds(ds: SpatialDataset, spec: SplitSpec, allow: bool | None) -> _Folds:
+    pool = tuple(ds.default_test_slides or ds.slide_ids)
+    within = bool(ds.meta.get("within_patient_slide_protocol", False))
+    folds = [Fold(f"test={sid}", tuple(s for s in pool if s != sid), (), (sid,)) for sid in pool]
+    desc = f"leave-one-slide-out over {','.join(pool)}" + (" (within-patient)" if within else "")
+    return _Folds(folds, pool, within if allow is None else allow, desc)
+
+
+def _patient_folds(ds: SpatialDataset, spec: SplitSpec, allow: bool | None) -> _Folds:
+    order, patients = ds.slide_ids, ds.patients
+    plist = sorted(set(patients.values()))
+    if len(plist) < 2:
+        raise UserError(f"dataset {ds.name} has one patient; --split patient needs at least two")
+    # her2st-mini: patient C has the five benchmark sections, so the patient protocol tests on
+    # B4 only (C -> B4); testing on C with B4 (283 spots, shallow) as the only train slide is
+    # not a meaningful benchmark.
+    hold = ds.meta.get("patient_protocol_test_patients")
+    folds = [
+        Fold(f"test-patient={p}", tuple(s for s in order if patients[s] != p), (),
+             tuple(s for s in order if patients[s] == p))
+        for p in plist if not hold or p in set(hold)
+    ]
+    desc = "leave-one-patient-out" + (f" (test patients {','.join(hold)})" if hold else "")
+    return _Folds(folds, order, bool(allow), desc)
+
+
+def _file_folds(ds: SpatialDataset, spec: SplitSpec, allow: bool | None) -> _Folds:
+    if not spec.path:
+        raise UserError(f"--split {spec}: give the split file as file:PATH")
+    path = Path(spec.path)
+    return _Folds(read_split_file(path), ds.slide_ids, bool(allow), f"split file {path.name}")
+
+
+_SCHEMES: dict[str, Callable[[SpatialDataset, SplitSpec, "bool | None"], _Folds]] = {
+    "slide": _slide_folds,
+    "patient": _patient_folds,
+    "file": _file_folds,
+}
+
+
+def make_split(ds: SpatialDataset, spec: SplitSpec, *, allow_patient_overlap: bool | None = None) -> SplitPlan:
+    """The folds of ``spec`` for ``ds``, with no validation slides (see ``carve_validation``)
+    unless a split file names them. Computed once per dataset and shared by every method.
 
     allow_patient_overlap: None = the dataset decides (its documented within-patient slide
     protocol is allowed), True/False = the user's explicit choice.
     """
-    order = ds.slide_ids
-    if scheme == "slide":
-        pool = tuple(ds.default_test_slides or order)
-        within = bool(ds.meta.get("within_patient_slide_protocol", False))
-        allow = within if allow_patient_overlap is None else allow_patient_overlap
-        folds = []
-        for sid in pool:
-            train = [s for s in pool if s != sid]
-            val: list[str] = []
-            if with_val:
-                train, val = _carve_val(train, (sid,), pool)
-            folds.append(Fold(f"test={sid}", tuple(train), tuple(val), (sid,)))
-        desc = f"leave-one-slide-out over {','.join(pool)}"
-        if within:
-            desc += " (within-patient)"
-    elif scheme == "patient":
-        allow = bool(allow_patient_overlap)
-        patients = ds.patients
-        plist = sorted(set(patients.values()))
-        if len(plist) < 2:
-            raise UserError(f"dataset {ds.name} has one patient; --split patient needs at least two")
-        # her2st-mini: patient C has the five benchmark sections, so the patient protocol tests on
-        # B4 only (C -> B4); testing on C with B4 (283 spots, shallow) as the only train slide is
-        # not a meaningful benchmark.
-        hold = ds.meta.get("patient_protocol_test_patients")
-        folds = []
-        for p in plist:
-            if hold and p not in set(hold):
-                continue
-            test = tuple(s for s in order if patients[s] == p)
-            train = [s for s in order if patients[s] != p]
-            val: list[str] = []
-            if with_val:
-                train, val = _carve_val(train, test, order)
-            folds.append(Fold(f"test-patient={p}", tuple(train), tuple(val), test))
-        desc = "leave-one-patient-out" + (f" (test patients {','.join(hold)})" if hold else "")
-    elif scheme.startswith("file:"):
-        path = Path(scheme[5:])
-        allow = bool(allow_patient_overlap)
-        folds = [
-            Fold(f.name, f.train, f.val, f.test) if f.val or not with_val else
-            Fold(f.name, *map(tuple, _carve_val(list(f.train), f.test, order)), f.test)
-            for f in read_split_file(path)
-        ]
-        desc = f"split file {path.name}"
-    else:
-        raise UserError(f"--split {scheme}: unknown scheme; use slide, patient or file:PATH (JSON or HEST-style folder)")
+    build = _SCHEMES.get(spec.kind)
+    if build is None:
+        raise UserError(f"--split {spec}: unknown scheme; use slide, patient or file:PATH (JSON or HEST-style folder)")
+    made = build(ds, spec, allow_patient_overlap)
     overlap = False
-    for f in folds:
-        overlap |= _check_fold(ds, f, allow, f"--split {scheme}")
-    return SplitPlan(scheme, tuple(folds), overlap, desc)
+    for f in made.folds:
+        overlap |= _check_fold(ds, f, made.allow_overlap, f"--split {spec}")
+    return SplitPlan(spec.text, tuple(made.folds), overlap, made.description, made.order)
 
 
 def read_split_file(path: Path) -> list[Fold]:

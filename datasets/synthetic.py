@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -140,23 +141,27 @@ class SyntheticTileReader:
     deterministic and independent of which other tiles are requested. Picklable.
     """
 
+    max_field_um = None  # rendered at any size
+
     def __init__(self, states: dict[str, np.ndarray], stain: dict[str, np.ndarray], seed: int):
         self.states = states  # slide id -> (N, 5) image state
         self.stain = stain  # slide id -> (3,) per-patient multiplicative stain factor
         self.seed = seed
 
-    def __call__(self, slide: Slide, patch: PatchSpec) -> np.ndarray:
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
         if patch.size_px < 1 or patch.size_um <= 0:
             raise UserError(f"patch {patch.key()}: size_um and size_px must be positive")
-        u = self.states[slide.id]
+        u = self.states[slide_id]
+        index = np.arange(len(u)) if spots is None else np.asarray(spots, dtype=np.int64)
         px = int(patch.size_px)
         um_per_px = patch.size_um / px
-        slide_key = int.from_bytes(hashlib.sha256(slide.id.encode()).digest()[:4], "little")
-        out = np.empty((len(u), px, px, 3), dtype=np.uint8)
-        for i, (tint, dens, size, bright, cast) in enumerate(u):
-            rng = np.random.default_rng([self.seed, slide_key, i, px, int(round(patch.size_um * 1000))])
+        slide_key = int.from_bytes(hashlib.sha256(slide_id.encode()).digest()[:4], "little")
+        out = np.empty((len(index), px, px, 3), dtype=np.uint8)
+        for k, i in enumerate(index):
+            tint, dens, size, bright, cast = u[i]
+            rng = np.random.default_rng([self.seed, slide_key, int(i), px, int(round(patch.size_um * 1000))])
             # gentle, near-linear responses over +-2 sd so a linear probe on colour statistics
             # can follow the state (saturating maps would hide slide-level shifts)
             frac = 0.5 + 0.4 * np.tanh(0.6 * tint)
@@ -174,8 +179,8 @@ class SyntheticTileReader:
                 img = gaussian_filter(img, sigma, mode="constant") * (2 * np.pi * sigma**2)
             mask = np.clip(2.0 * img - 0.4, 0.0, 1.0)[..., None]
             tile = bg[None, None, :] * (1 - mask) + _NUCLEUS[None, None, :] * mask
-            tile = tile * self.stain[slide.id] + rng.normal(0.0, 0.025, size=(px, px, 3)).astype(np.float32)
-            out[i] = np.clip(tile * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            tile = tile * self.stain[slide_id] + rng.normal(0.0, 0.025, size=(px, px, 3)).astype(np.float32)
+            out[k] = np.clip(tile * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return out
 
 
@@ -183,13 +188,23 @@ class SyntheticTileReader:
 # the generator
 # ---------------------------------------------------------------------------------------------
 
-def load(**params: Any) -> SpatialDataset:
-    """Generate the dataset. Parameters (all keyword): see ``PARAMS``; unknown -> UserError."""
-    p = validate(params)
+@dataclass(frozen=True)
+class _Programmes:
+    """What all slides share: gene programmes, domain profiles, the image projection."""
+
+    base: np.ndarray  # (G,) gene base log rate
+    W: np.ndarray  # (K, G) module loadings
+    domain_means: np.ndarray  # (D, K)
+    proj: np.ndarray  # (K, N_APPEARANCE) unit-norm columns
+    h_mean: np.ndarray  # (K,) population mean of the hidden state
+    h_sd: np.ndarray  # (K,)
+    patient_gene: np.ndarray  # (n_patients, G) per-patient log-rate offsets
+    patient_stain: np.ndarray  # (n_patients, 3)
+
+
+def _programmes(p: dict[str, Any]) -> _Programmes:
     rng = np.random.default_rng([p["seed"], 0x5EED])
     G, K, D = p["n_genes"], p["n_modules"], p["n_domains"]
-
-    # shared across slides: gene programmes, domain profiles, the image projection
     base = rng.normal(0.0, 1.2, size=G)
     module_of = rng.integers(0, K, size=G)
     strength = np.where(rng.random(G) < 0.25, 0.05, rng.uniform(0.5, 1.2, size=G))  # 25% near-flat
@@ -198,52 +213,62 @@ def load(**params: Any) -> SpatialDataset:
     domain_means = rng.normal(0.0, 1.0, size=(D, K))
     proj = rng.normal(size=(K, N_APPEARANCE))
     proj /= np.linalg.norm(proj, axis=0, keepdims=True)  # unit-variance appearance parameters
-    # population moments of h over equally likely domains (h = domain mean + 0.8 * field)
-    h_mean = domain_means.mean(axis=0)
-    h_sd = np.sqrt(domain_means.var(axis=0) + 0.64)
     patient_gene = rng.normal(0.0, 0.15, size=(p["n_patients"], G))
     # a mild per-patient stain difference (a batch effect), small next to the state's colour range
     patient_stain = 1.0 + rng.normal(0.0, 0.01, size=(p["n_patients"], 3))
+    # population moments of h over equally likely domains (h = domain mean + 0.8 * field)
+    h_sd = np.sqrt(domain_means.var(axis=0) + 0.64)
+    return _Programmes(base, W, domain_means, proj, domain_means.mean(axis=0), h_sd, patient_gene, patient_stain)
 
+
+def _slide(p: dict[str, Any], prog: _Programmes, xy: np.ndarray, s: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Slide ``s``: Slide fields and its (n_spots, N_APPEARANCE) image state."""
+    sid = f"S{s + 1:0{max(2, len(str(p['n_slides'])))}d}"
+    patient = s % p["n_patients"]
+    srng = np.random.default_rng([p["seed"], 0x511DE, s])
+    K, D = p["n_modules"], p["n_domains"]
+    # domains from smooth fields with a longer length scale than the modules
+    dom_fields = smooth_fields(srng, xy, D, 2.0 * p["smoothness"]) if D > 1 else np.zeros((len(xy), 1))
+    domain = dom_fields.argmax(axis=1)
+    h = prog.domain_means[domain] + 0.8 * smooth_fields(srng, xy, K, p["smoothness"])
+    logit = prog.base[None, :] + h @ prog.W + prog.patient_gene[patient][None, :]
+    rate = np.exp(logit - logit.max(axis=1, keepdims=True))
+    rate /= rate.sum(axis=1, keepdims=True)
+    library = p["depth"] * np.exp(srng.normal(0.0, 0.3, size=(len(xy), 1)))
+    mu = library * rate
+    if p["noise"] > 0:
+        shape = 1.0 / p["noise"]
+        mu = srng.gamma(shape, mu / shape)
+    counts = sp.csr_matrix(srng.poisson(mu).astype(np.int32))
+    # fixed (population) scaling, not per-slide standardisation: slide-level differences in
+    # the hidden state must stay visible in the images, as they are in the expression
+    signal = (h - prog.h_mean) / prog.h_sd @ prog.proj
+    nuisance = smooth_fields(srng, xy, N_APPEARANCE, p["smoothness"])
+    a = p["image_signal"]
+    state = (a * signal + np.sqrt(max(0.0, 1.0 - a * a)) * nuisance).astype(np.float32)
+    fields = dict(
+        id=sid, patient=f"P{patient + 1}", counts=counts,
+        barcodes=np.array([f"{sid}_{i:05d}" for i in range(len(xy))]),
+        coords=(xy + 1.0) * (PITCH_UM / PIXEL_SIZE_UM),  # a one-pitch margin from the image origin
+        meta={"annotations": domain.astype(np.int64), "hidden": h.astype(np.float32),
+              "annotations_source": "true spatial domain"},
+    )
+    return fields, state
+
+
+def load(**params: Any) -> SpatialDataset:
+    """Generate the dataset. Parameters (all keyword): see ``PARAMS``; unknown -> UserError."""
+    p = validate(params)
+    prog = _programmes(p)
     xy = grid_positions(p["spots_per_slide"], p["grid"])
     slides, states, stains = [], {}, {}
-    width = max(2, len(str(p["n_slides"])))
     for s in range(p["n_slides"]):
-        sid = f"S{s + 1:0{width}d}"
-        patient = s % p["n_patients"]
-        srng = np.random.default_rng([p["seed"], 0x511DE, s])
-        # domains from smooth fields with a longer length scale than the modules
-        dom_fields = smooth_fields(srng, xy, D, 2.0 * p["smoothness"]) if D > 1 else np.zeros((len(xy), 1))
-        domain = dom_fields.argmax(axis=1)
-        h = domain_means[domain] + 0.8 * smooth_fields(srng, xy, K, p["smoothness"])
-        logit = base[None, :] + h @ W + patient_gene[patient][None, :]
-        rate = np.exp(logit - logit.max(axis=1, keepdims=True))
-        rate /= rate.sum(axis=1, keepdims=True)
-        library = p["depth"] * np.exp(srng.normal(0.0, 0.3, size=(len(xy), 1)))
-        mu = library * rate
-        if p["noise"] > 0:
-            shape = 1.0 / p["noise"]
-            mu = srng.gamma(shape, mu / shape)
-        counts = sp.csr_matrix(srng.poisson(mu).astype(np.int32))
-
-        # fixed (population) scaling, not per-slide standardisation: slide-level differences in
-        # the hidden state must stay visible in the images, as they are in the expression
-        signal = (h - h_mean) / h_sd @ proj
-        nuisance = smooth_fields(srng, xy, N_APPEARANCE, p["smoothness"])
-        a = p["image_signal"]
-        states[sid] = (a * signal + np.sqrt(max(0.0, 1.0 - a * a)) * nuisance).astype(np.float32)
-        stains[sid] = patient_stain[patient].astype(np.float32)
-
-        pitch_px = PITCH_UM / PIXEL_SIZE_UM
-        coords = (xy + 1.0) * pitch_px  # keep a one-pitch margin from the image origin
-        slides.append(dict(
-            id=sid, patient=f"P{patient + 1}", counts=counts,
-            barcodes=np.array([f"{sid}_{i:05d}" for i in range(len(xy))]),
-            coords=coords, meta={"annotations": domain.astype(np.int64), "hidden": h.astype(np.float32),
-                                 "annotations_source": "true spatial domain"},
-        ))
-
+        fields, state = _slide(p, prog, xy, s)
+        slides.append(fields)
+        states[fields["id"]] = state
+        stains[fields["id"]] = prog.patient_stain[s % p["n_patients"]].astype(np.float32)
     reader = SyntheticTileReader(states, stains, p["seed"])
+    G = p["n_genes"]
     gwidth = max(4, len(str(G)))
     return SpatialDataset(
         name=NAME,

@@ -1,15 +1,18 @@
 """What a method sees: TrainData (with targets) and TestData (no expression, by construction).
 
-Targets for scoring stay with the runner. Arrays handed to methods are read-only so a method
-cannot change the runner's copies.
+Targets for scoring stay with the fold (``FoldViews.truths``). Arrays handed to methods are
+read-only so a method cannot change the harness's copies. Image access is a ``SlideImage``,
+which holds a reader and geometry only: nothing reachable from a test slide's inputs leads back
+to its counts (tests/test_method_contract.py walks every reference to check).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
+
+from flag_bench.datasets.image import SlideImage
 
 
 def _ro(a: np.ndarray | None) -> np.ndarray | None:
@@ -25,8 +28,10 @@ class SlideInput:
     """Inputs for one slide, available at train and test time.
 
     coords_um : (n_spots, 2) float32, spot centres in micrometres (x, y)
-    embeddings : (n_spots, D) float32 image-encoder embeddings of the protocol patches, or None
-    tiles : callable returning uint8 (n_spots, H, W, 3) patches at the protocol patch spec
+    embeddings : (n_spots, D) float32 embeddings of the protocol patches by the run's encoder,
+        or None when the method does not need them
+    image : tiles at any patch spec, neighbourhood regions and embeddings by other encoders,
+        or None when the dataset has no images
     """
 
     slide_id: str
@@ -34,7 +39,7 @@ class SlideInput:
     barcodes: np.ndarray
     coords_um: np.ndarray
     embeddings: np.ndarray | None
-    tiles: Callable[[], np.ndarray] | None
+    image: SlideImage | None
     spot_diameter_um: float
 
     @property

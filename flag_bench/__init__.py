@@ -7,4 +7,4 @@ torch, MLflow or anndata.
 __version__ = "0.1.0"
 
 # Bumped whenever a change alters what a cell's numbers mean (targets, splits, metric definitions).
-PROTOCOL_VERSION = "p1"
+PROTOCOL_VERSION = "p2"

@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
+from flag_bench.config import DEFAULT_RESULTS_DIR
 from flag_bench.errors import UserError
+from flag_bench.spec import Preset, ReportFormat, ResultSource, TargetTransform
 
 app = typer.Typer(
     name="flag-bench",
@@ -29,7 +31,10 @@ def _console(stderr: bool = False):
 
 def _fail(msg: str, code: int = 2) -> None:
     # one line, no traceback: the user can act on it
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {msg}", soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages quote TOML tables like [methods.knn], which rich would eat as markup
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -61,26 +66,39 @@ def _dataset_list(value: Optional[str]) -> Optional[tuple]:
     return tuple(out)
 
 
+def _default(name: str) -> str:
+    """A RunConfig default as the help text shows it (one source of truth for defaults)."""
+    import dataclasses
+
+    from flag_bench.config import RunConfig
+
+    value = {f.name: f.default for f in dataclasses.fields(RunConfig)}[name]
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 @app.command()
 def run(
-    datasets: Optional[str] = typer.Option(None, "--datasets", "-d", help="Comma-separated datasets; parameters as name:key=value (default her2st-mini)."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", "-d", help=f"Comma-separated datasets; parameters as name:key=value (default {_default('datasets')})."),
     methods: Optional[str] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: every built-in method marked for the default run)."),
-    genes: Optional[str] = typer.Option(None, "--genes", "-g", help="Comma-separated panel sizes G (default 50)."),
-    panel: Optional[str] = typer.Option(None, "--panel", help="Panel selector: hmhvg (default), hvg or file:PATH. Fitted on training slides only."),
-    split: Optional[str] = typer.Option(None, "--split", help="slide (leave-one-slide-out, default), patient, or file:PATH."),
+    genes: Optional[str] = typer.Option(None, "--genes", "-g", help=f"Comma-separated panel sizes G (default {_default('genes')})."),
+    panel: Optional[str] = typer.Option(None, "--panel", help=f"Panel selector: hmhvg, hvg or file:PATH (default {_default('panel')}). Fitted once per fold on its non-test slides."),
+    split: Optional[str] = typer.Option(None, "--split", help=f"slide (leave-one-slide-out), patient, or file:PATH (default {_default('split')})."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated fold indices to run (default all)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="tiny | small (default) | paper."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (default), cpu, cuda, cuda:N."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Image encoder (default efficientnet-lite0)."),
-    target_transform: Optional[str] = typer.Option(None, "--target-transform", help="log1p (default), log1p_cpm or log2p1."),
-    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where results, artifacts and mlflow.db go (default ./flag-bench-results)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=f"Comma-separated seeds (default {_default('seeds')})."),
+    preset: Optional[Preset] = typer.Option(None, "--preset", help=f"Method preset (default {_default('preset')}); tiny is for tests only."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda, cuda:N (default {_default('device')})."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help=f"Image encoder (default {_default('encoder')})."),
+    target_transform: Optional[TargetTransform] = typer.Option(None, "--target-transform", help=f"Target transform (default {_default('target_transform')})."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes; each gets an equal share of the CPUs, or one GPU each (default 1: in this process)."),
+    results_dir: Optional[Path] = typer.Option(None, "--results-dir", help=f"Where results, artifacts and mlflow.db go (default ./{_default('results_dir')})."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default sqlite:///<results-dir>/mlflow.db)."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Suite name: one MLflow experiment per suite (default 'default')."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML config file ([run] keys, [methods.NAME] overrides); the command line wins."),
+    suite: Optional[str] = typer.Option(None, "--suite", help=f"Suite name: one MLflow experiment per suite (default {_default('suite')})."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML config file with a run table and methods.NAME override tables; the command line wins."),
     allow_patient_overlap: Optional[bool] = typer.Option(None, "--allow-patient-overlap/--no-allow-patient-overlap", help="Allow folds whose test patient is also in train (default: only where the dataset documents it)."),
-    force: bool = typer.Option(False, "--force", help="Recompute finished cells."),
-    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed cell."),
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Recompute finished cells (default no)."),
+    fail_fast: Optional[bool] = typer.Option(None, "--fail-fast/--no-fail-fast", help="Stop at the first failed cell (default no)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
     """Run a benchmark grid: datasets x G x methods x folds x seeds. Finished cells are skipped."""
@@ -93,60 +111,68 @@ def run(
             seeds=_csv(seeds, int, "--seeds"), preset=preset, device=device, encoder=encoder,
             target_transform=target_transform, results_dir=str(results_dir) if results_dir else None,
             tracking_uri=tracking_uri, suite=suite, allow_patient_overlap=allow_patient_overlap,
-            force=force or None, fail_fast=fail_fast or None,
+            force=force, fail_fast=fail_fast, workers=workers,
         )
         cfg = build_config(config, cli)
-        from flag_bench.runner import Runner
+        from flag_bench.driver import Driver
 
         console = _console()
-        summary = Runner(cfg, console=console, progress=not no_progress).run()
+        summary = Driver(cfg, console=console, progress=not no_progress).run()
     except UserError as exc:
         _fail(str(exc))
         return
+    _print_summary(console, summary, cfg)
+    raise typer.Exit(summary.exit_code)
+
+
+def _print_summary(console, summary, cfg) -> None:
     n_fail = len(summary.failed)
+    elsewhere = f", {summary.elsewhere} being computed by another run" if summary.elsewhere else ""
     console.print(
-        f"done: {summary.ok} computed, {summary.skipped} already finished, {n_fail} failed"
+        f"done: {summary.ok} computed, {summary.skipped} already finished, {n_fail} failed{elsewhere}"
         + (" (interrupted: finished cells are saved; rerun to resume)" if summary.interrupted else "")
     )
     for desc, msg in summary.failed:
         console.print(f"  [red]failed[/red] {desc}: {msg}")
     console.print(f"MLflow: {summary.tracking_uri} (parent run {summary.parent_run_id}); "
                   f"`flag-bench report --results-dir {cfg.results_dir}` prints the leaderboard")
-    raise typer.Exit(summary.exit_code)
 
 
 @app.command()
 def report(
-    results_dir: Path = typer.Option(Path("flag-bench-results"), "--results-dir", help="Results dir of `flag-bench run`."),
-    fmt: str = typer.Option("table", "--format", help="table | markdown | csv."),
+    results_dir: Path = typer.Option(Path(DEFAULT_RESULTS_DIR), "--results-dir", help="Results dir of `flag-bench run`."),
+    fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
     metric: str = typer.Option("pcc_mean", "--metric", help="Sort key (a score name, e.g. pcc_mean, mse, gsc, ssc)."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated score columns to show."),
-    source: str = typer.Option("auto", "--source", help="auto (MLflow if present, else the results store) | mlflow | store."),
+    source: ResultSource = typer.Option(ResultSource.AUTO, "--source", help="Where to read: auto (MLflow if the results dir has mlflow.db, else the results store), mlflow or store."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Read from this MLflow tracking URI."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's experiment."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells."),
 ):
-    """Print the leaderboard: one row per dataset x G x method, mean ± std over folds and seeds."""
+    """Print the leaderboard: one row per dataset x G x method configuration, mean ± std over folds and seeds."""
     try:
-        if fmt not in ("table", "markdown", "csv"):
-            raise UserError(f"--format {fmt}: use table, markdown or csv")
-        from flag_bench.leaderboard import report as rep
+        from flag_bench.leaderboard.model import build
+        from flag_bench.leaderboard.render import print_leaderboard, render
         from flag_bench.leaderboard.results import load_results
 
-        df, used = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
-        lb = rep.build(df, metric=metric, columns=_csv(columns, what="--columns"))
-        if fmt == "table" and output is None:
-            rep.print_table(lb, _console())
-            _console().print(f"(read from {used}: {len(df)} cells)")
-            return
-        text = rep.to_markdown(lb) if fmt in ("markdown", "table") else rep.to_csv(lb)
-        if output is None:
-            sys.stdout.write(text)
+        res = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
+        frame = res.frame()
+        lb = build(frame, metric=metric, columns=_csv(columns, what="--columns"))
+        if fmt is ReportFormat.TABLE and output is None:
+            print_leaderboard(lb, _console())
         else:
-            try:
-                output.write_text(text)
-            except OSError as exc:
-                raise UserError(f"--output {output}: cannot write ({exc.strerror})") from None
+            text = render(lb, fmt, width=None)
+            if output is None:
+                sys.stdout.write(text)
+            else:
+                try:
+                    output.write_text(text)
+                except OSError as exc:
+                    raise UserError(f"--output {output}: cannot write ({exc.strerror})") from None
+        n_failed = len(res.failed())
+        # on stderr, so the tables from --source store and --source mlflow are byte-identical
+        _console(stderr=True).print(f"(read from {res.source}: {len(frame)} cells"
+                                    + (f", {n_failed} failed" if n_failed else "") + ")")
     except UserError as exc:
         _fail(str(exc))
 

@@ -10,7 +10,8 @@ A config file is TOML:
     [methods.knn]        # per-method overrides of the preset's config fields
     k = 20
 
-Unknown keys are errors naming the file and the key.
+Unknown keys and values of the wrong type are errors naming the file and the key. Strings from
+the command line or the file become typed specs (flag_bench.spec) here, once.
 """
 
 from __future__ import annotations
@@ -19,54 +20,114 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flag_bench.errors import UserError
+from flag_bench.spec import DatasetSpec, PanelSpec, Preset, SplitSpec, TargetTransform
 
 DEFAULT_RESULTS_DIR = "flag-bench-results"
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    datasets: tuple[str, ...] = ("her2st-mini",)
+    datasets: tuple[DatasetSpec, ...] = (DatasetSpec("her2st-mini"),)
     methods: tuple[str, ...] | None = None  # None = every built-in method with card.default_run
     genes: tuple[int, ...] = (50,)
-    panel: str = "hmhvg"
-    split: str = "slide"
+    panel: PanelSpec = PanelSpec("hmhvg")
+    split: SplitSpec = SplitSpec("slide")
     folds: tuple[int, ...] | None = None  # None = all folds of the split
     seeds: tuple[int, ...] = (0,)
-    preset: str = "small"
+    preset: Preset = Preset.SMALL
     device: str = "auto"
     encoder: str = "efficientnet-lite0"
     patch_um: float = 112.0
     patch_px: int = 224
-    target_transform: str = "log1p"
+    target_transform: TargetTransform = TargetTransform.LOG1P
     allow_patient_overlap: bool | None = None
     results_dir: str = DEFAULT_RESULTS_DIR
     tracking_uri: str | None = None
     suite: str = "default"
+    workers: int = 1
     force: bool = False
     fail_fast: bool = False
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.target_transform not in TARGET_TRANSFORMS:
-            raise UserError(
-                f"target_transform '{self.target_transform}' is unknown; use one of {', '.join(TARGET_TRANSFORMS)}"
-            )
+        for name, convert in _CONVERT.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, convert(value))
         for g in self.genes:
-            if int(g) <= 0:
+            if g <= 0:
                 raise UserError(f"--genes {g}: panel sizes must be positive integers")
         if not self.seeds:
             raise UserError("--seeds needs at least one seed")
+        if self.workers < 1:
+            raise UserError(f"--workers {self.workers}: use 1 or more")
+        if self.patch_um <= 0 or self.patch_px <= 0:
+            raise UserError(f"patch {self.patch_um} um / {self.patch_px} px: both must be positive")
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
 
 
-TARGET_TRANSFORMS = ("log1p", "log1p_cpm", "log2p1")
+def _ints(what: str) -> Callable[[Any], tuple[int, ...]]:
+    def convert(value: Any) -> tuple[int, ...]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+            raise UserError(f"{what} {list(items)}: expected a list of integers, e.g. {what} 50,200")
+        return tuple(items)
 
-_TUPLE_FIELDS = {"datasets", "methods", "genes", "folds", "seeds"}
+    return convert
+
+
+def _strs(what: str) -> Callable[[Any], tuple[str, ...]]:
+    def convert(value: Any) -> tuple[str, ...]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(not isinstance(v, str) for v in items):
+            raise UserError(f"{what} {list(items)}: expected a list of names")
+        return tuple(items)
+
+    return convert
+
+
+def _typed(kind: type, what: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise UserError(f"{what} {value!r}: expected {kind.__name__}")
+        return value
+
+    return convert
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "datasets": lambda v: tuple(DatasetSpec.parse(d) for d in (v if isinstance(v, (list, tuple)) else [v])),
+    "methods": _strs("--methods"),
+    "genes": _ints("--genes"),
+    "panel": PanelSpec.parse,
+    "split": SplitSpec.parse,
+    "folds": _ints("--folds"),
+    "seeds": _ints("--seeds"),
+    "preset": lambda v: Preset.parse(v, "--preset"),
+    "device": _typed(str, "--device"),
+    "encoder": _typed(str, "--encoder"),
+    "patch_um": _typed(float, "patch_um"),
+    "patch_px": _typed(int, "patch_px"),
+    "target_transform": lambda v: TargetTransform.parse(v, "--target-transform"),
+    "allow_patient_overlap": _typed(bool, "--allow-patient-overlap"),
+    "results_dir": lambda v: str(v),
+    "tracking_uri": _typed(str, "--tracking-uri"),
+    "suite": _typed(str, "--suite"),
+    "workers": _typed(int, "--workers"),
+    "force": _typed(bool, "--force"),
+    "fail_fast": _typed(bool, "--fail-fast"),
+}
+
+# keys that describe where and how a grid runs, not what it computes
+NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers")
 
 
 def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -85,11 +146,10 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
     for key in run:
         if key not in names:
             raise UserError(f"{path}: unknown key '{key}' in [run] (keys: {', '.join(sorted(names))})")
-    for key in _TUPLE_FIELDS & set(run):
-        if run[key] is not None:
-            if not isinstance(run[key], list):
-                raise UserError(f"{path}: [run] {key} must be a list")
-            run[key] = tuple(run[key])
+        try:
+            _CONVERT[key](run[key])
+        except UserError as exc:
+            raise UserError(f"{path}: [run] {key}: {exc}") from None
     methods = data.get("methods", {})
     if not isinstance(methods, dict) or any(not isinstance(v, dict) for v in methods.values()):
         raise UserError(f"{path}: [methods] must hold tables like [methods.knn]")

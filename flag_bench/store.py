@@ -1,47 +1,32 @@
-"""The local results store: one JSON record per finished cell, the source of truth for resume.
+"""The local results store: one JSON CellRecord per finished cell, the source of truth for resume.
 
 Layout under the results dir:
 
     cells/<cell_id>.json                 the finished record (status "ok")
     cells/<cell_id>.failed-<time>.json   each failed attempt, kept (never overwritten)
-    artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
     cells/<cell_id>.mlflow               marker: the MLflow run id this record was logged as
+    artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
+    claims/<cell_id>.claim               a run computing this cell right now (pid, host, time)
+    .flag-bench.lock                     held while the store and the MLflow database are created
 
-Every file is written to a temporary name, fsync'd and renamed, so Ctrl-C or kill -9 leaves
-either the previous state or the complete new file. Nothing here deletes results.
+Every file is written atomically (flag_bench.io), so Ctrl-C or kill -9 leaves either the
+previous state or the complete new file. Nothing here deletes results. Only the driver writes
+records; workers write artifacts under ``artifacts/<cell_id>/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import socket
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from flag_bench.errors import UserError
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+from flag_bench.io import atomic_write_json
+from flag_bench.record import CellRecord
 
 
 class ResultsStore:
@@ -49,12 +34,33 @@ class ResultsStore:
         self.root = Path(root)
         self.cells = self.root / "cells"
         self.artifacts = self.root / "artifacts"
+        self.claims = self.root / "claims"
 
     # -- setup -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def creation_lock(self, timeout: float = 300.0):
+        """Serialise the creation of the store and its MLflow database between processes.
+
+        Two runs started at once on a new results dir would otherwise both run MLflow's schema
+        migration, and the loser fails on a database that is in fact fine.
+        """
+        from filelock import FileLock, Timeout
+
+        self.ensure_writable()
+        lock = FileLock(str(self.root / ".flag-bench.lock"))
+        try:
+            with lock.acquire(timeout=timeout):
+                yield
+        except Timeout:
+            raise UserError(
+                f"--results-dir {self.root}: another flag-bench process has held {lock.lock_file} for "
+                f"{timeout:.0f} s; wait for it, or delete that file if no flag-bench process is running"
+            ) from None
+
     def ensure_writable(self) -> None:
         try:
-            self.cells.mkdir(parents=True, exist_ok=True)
-            self.artifacts.mkdir(parents=True, exist_ok=True)
+            for d in (self.cells, self.artifacts, self.claims):
+                d.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-probe-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
@@ -70,37 +76,31 @@ class ResultsStore:
     def artifact_dir(self, cell_id: str) -> Path:
         return self.artifacts / cell_id
 
-    def _read(self, path: Path) -> dict:
+    def _read(self, path: Path) -> CellRecord:
         try:
-            rec = json.loads(path.read_text())
-            if not isinstance(rec, dict) or "cell_id" not in rec or "status" not in rec:
-                raise ValueError("missing cell_id/status")
-            return rec
-        except (OSError, ValueError) as exc:
-            raise UserError(
-                f"results store record {path} is corrupt ({exc}); move it aside to recompute that cell "
-                "(nothing was deleted)"
-            ) from None
+            text = path.read_text()
+        except OSError as exc:
+            raise UserError(f"results store record {path} cannot be read ({exc.strerror})") from None
+        return CellRecord.loads(text, where=f"results store record {path}")
 
-    def finished(self, cell_id: str) -> dict | None:
+    def finished(self, cell_id: str) -> CellRecord | None:
         path = self.record_path(cell_id)
         if not path.exists():
             return None
         rec = self._read(path)
-        return rec if rec["status"] == "ok" else None
+        return rec if rec.ok else None
 
-    def write_ok(self, record: dict) -> Path:
-        path = self.record_path(record["cell_id"])
-        atomic_write_json(path, record)
+    def write(self, record: CellRecord) -> Path:
+        """A finished record replaces nothing but an older copy of itself; a failure is kept apart."""
+        if record.ok:
+            path = self.record_path(record.cell_id)
+        else:
+            stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+            path = self.cells / f"{record.cell_id}.failed-{stamp}.json"
+        atomic_write_json(path, record.to_json())
         return path
 
-    def write_failed(self, record: dict) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-        path = self.cells / f"{record['cell_id']}.failed-{stamp}.json"
-        atomic_write_json(path, record)
-        return path
-
-    def records(self, include_failed: bool = False) -> Iterator[dict]:
+    def records(self, include_failed: bool = False) -> Iterator[CellRecord]:
         if not self.cells.is_dir():
             return
         for path in sorted(self.cells.glob("*.json")):
@@ -109,6 +109,42 @@ class ResultsStore:
             if ".failed-" in path.name and not include_failed:
                 continue
             yield self._read(path)
+
+    # -- claims: two runs of one grid never compute the same cell ---------------------------------
+    def claim(self, cell_id: str) -> bool:
+        """True if this process now owns the cell; False while a live process computes it.
+
+        A claim whose process is gone (killed, crashed, another boot) is stale and taken over.
+        """
+        path = self.claims / f"{cell_id}.claim"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(), "time": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_claim(path)
+                if holder is not None and _alive(holder):
+                    return holder.get("pid") == os.getpid() and holder.get("host") == me["host"]
+                # stale: remove it and race for it again through O_EXCL
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return True
+        return False
+
+    def busy(self, cell_id: str) -> bool:
+        """A live process holds this cell (it will write and log the record itself)."""
+        holder = _read_claim(self.claims / f"{cell_id}.claim")
+        return holder is not None and _alive(holder)
+
+    def release(self, cell_id: str) -> None:
+        path = self.claims / f"{cell_id}.claim"
+        holder = _read_claim(path)
+        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # -- MLflow sync markers -----------------------------------------------------------------
     def mlflow_marker(self, cell_id: str) -> Path:
@@ -134,3 +170,46 @@ class ResultsStore:
                 data = {}
         data[tracking_uri] = run_id
         atomic_write_json(path, data)
+
+
+def _read_claim(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # torn (its writer died mid-write): stale
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the claiming process still runs. Another host's claim is trusted (shared FS)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    if holder.get("boot") and holder.get("boot") != _boot_id():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # not Linux, or it just exited: os.kill said it exists
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -1,25 +1,43 @@
-"""MLflow logging from the driver only (one writer keeps SQLite safe).
+"""MLflow logging from the driver only (one writer keeps SQLite safe), and reading it back.
 
 Layout: experiment ``flag-bench/<suite>/<protocol>``; a parent run per ``flag-bench run``
-invocation; a child run per cell tagged ``flag_bench.cell_id``; metrics use ``step = G`` so
-Gene-Dimension-Curse curves line up; the parent run carries the per-method curves.
+invocation; a child run per cell (ok or failed) tagged ``flag_bench.cell_id``; metrics use
+``step = G`` so Gene-Dimension-Curse curves line up; the parent run carries the per-configuration
+curves.
+
+A child run holds its CellRecord twice: as params/metrics/tags (what the MLflow UI filters and
+plots, and what ``decode_run`` turns back into ``CellRecord.to_row()`` exactly), and as the
+``record.json`` artifact. The report reads the first, because one paged ``search_runs`` query
+returns them for thousands of runs, where fetching an artifact per run is one file copy or HTTP
+request each. A record that params cannot hold exactly (a value over MLflow's length limits, two
+names that sanitise to one key) is tagged ``row_source = record.json`` and read from the artifact.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Iterable, Mapping
 
 from flag_bench import PROTOCOL_VERSION
 from flag_bench.errors import UserError
+from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, jsonable
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
+# MLflow's limits (mlflow.utils.validation): values are refused or cut beyond these
+_PARAM_LEN, _TAG_LEN, _PER_BATCH, _METRICS_PER_BATCH = 6000, 8000, 100, 800
+# MLflow stores +-inf as +-DBL_MAX; no score comes near it, so reading maps it back
+_DBL_MAX = 1.7976931348623157e308
+
+T_LEVEL, T_CELL, T_STATUS, T_FINISHED = "flag_bench.level", "flag_bench.cell_id", "flag_bench.status", "flag_bench.finished"
+T_SCHEMA, T_SOURCE, T_NAMES = "flag_bench.schema_version", "flag_bench.row_source", "flag_bench.score_names"
+T_ERROR, T_STAGE = "flag_bench.error", "flag_bench.error_stage"
+RECORD_ARTIFACT, TRACEBACK_ARTIFACT = "record.json", "traceback.txt"
 
 
 def mlflow_key(name: str) -> str:
@@ -27,14 +45,22 @@ def mlflow_key(name: str) -> str:
     return _BAD_KEY.sub("_", name.replace("@", "_at_"))
 
 
+def slide_key(slide: str, score: str) -> str:
+    return f"slide.{mlflow_key(slide)}.{mlflow_key(score)}"
+
+
 def experiment_name(suite: str) -> str:
     return f"flag-bench/{suite}/{PROTOCOL_VERSION}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    return None
+def default_tracking_uri(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def one_line(message: str, n: int = 300) -> str:
+    """The first line of an error message, cut to n characters (a table cell, an MLflow tag)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return first if len(first) <= n else first[: n - 3] + "..."
 
 
 def open_client(uri: str):
@@ -46,143 +72,218 @@ def open_client(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    path = _sqlite_path(uri)
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
     try:
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
         return client
     except Exception as exc:
         where = f"MLflow database {path}" if path else f"MLflow tracking URI {uri}"
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{where} cannot be opened ({first}); move it aside or pass another --tracking-uri "
-            "(the results store under cells/ is intact and will be re-logged)"
+            f"{where} cannot be opened ({one_line(str(exc), 200) or type(exc).__name__}); move it aside or pass "
+            "another --tracking-uri (the results store under cells/ is intact and will be re-logged)"
         ) from None
 
 
+def _experiment_id(client, name: str, artifact_location: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            # another process created it between our lookup and our create
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage != "active":
+        raise UserError(f"MLflow experiment {name} is deleted; restore it in MLflow (`mlflow experiments restore "
+                        f"--experiment-id {exp.experiment_id}`) or pass another --suite")
+    return exp.experiment_id
+
+
+# -- the record <-> run codec -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoded:
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(jsonable(v), sort_keys=True)
+
+
+def _value(v: Any, n: int = _PARAM_LEN) -> str:
+    s = _text(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def encode(rec: CellRecord) -> Encoded:
+    """Params, metrics and tags of a cell's child run (the run's own create-time tags aside)."""
+    row = rec.to_row()
+    params = dict(rec.cell.as_params())
+    params.update({c: str(row[c]) for c in ROW_COLUMNS if c != "cell_id"})
+    params["device"] = rec.device
+    # R5: the resolved hyper-parameters, so the MLflow UI can filter on lr, steps, k
+    params.update({f"method.{mlflow_key(k)}": _text(v) for k, v in rec.method.config.items()})
+    exact = all(len(params[c]) <= _PARAM_LEN for c in ROW_COLUMNS if c != "cell_id")
+    params = {k: _value(v) for k, v in params.items()}
+    metrics = {mlflow_key(k): float(v) for k, v in rec.scores.items()}
+    metrics.update({mlflow_key(k): float(v) for k, v in rec.costs.items() if v is not None})
+    per_slide = {slide_key(s, k): float(v) for s, d in rec.scores_per_slide.items() for k, v in d.items()}
+    n_keys = len(rec.scores) + sum(v is not None for v in rec.costs.values()) + len(per_slide)
+    metrics.update(per_slide)
+    names = json.dumps({"scores": list(rec.scores), "slides": {s: list(d) for s, d in rec.scores_per_slide.items()}})
+    exact = exact and len(metrics) == n_keys and len(names) <= _TAG_LEN  # no two names share a key
+    tags = {T_FINISHED: rec.finished, T_SCHEMA: str(rec.schema_version),
+            T_SOURCE: "params" if exact else RECORD_ARTIFACT, T_NAMES: names if exact else "{}"}
+    # the method's own report (epochs run, final loss): tags, apart from the method.<field> params
+    tags.update({f"summary.{mlflow_key(k)}": _value(v, _TAG_LEN) for k, v in rec.method.summary.items()})
+    if rec.error is not None:
+        tags.update({T_ERROR: one_line(rec.error.message), T_STAGE: rec.error.stage})
+    return Encoded(params, metrics, tags)
+
+
+def _metric(metrics: Mapping[str, float], key: str) -> float:
+    v = metrics.get(key, math.nan)
+    return math.copysign(math.inf, v) if abs(v) == _DBL_MAX else v
+
+
+def decode_run(run, client) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """A cell's child run -> (CellRecord.to_row() of its record, scores per slide), exactly."""
+    tags, run_id = run.data.tags, run.info.run_id
+    if tags.get(T_SCHEMA) != str(SCHEMA_VERSION):
+        raise UserError(f"MLflow run {run_id} (cell {tags.get(T_CELL)}) has record schema {tags.get(T_SCHEMA)!r}, "
+                        f"this flag-bench reads {SCHEMA_VERSION}; report it with the flag-bench that logged it, "
+                        "or use --source store")
+    if tags.get(T_SOURCE) != "params":
+        rec = fetch_record(client, run_id)
+        return rec.to_row(), {s: dict(d) for s, d in rec.scores_per_slide.items()}
+    p, m = run.data.params, run.data.metrics
+    row: dict[str, Any] = {c: int(p[c]) if c in INT_COLUMNS else p[c] for c in ROW_COLUMNS if c != "cell_id"}
+    row["cell_id"] = tags[T_CELL]
+    names = json.loads(tags[T_NAMES])
+    row.update({k: _metric(m, mlflow_key(k)) for k in names["scores"]})
+    for k in COST_COLUMNS:
+        if k in m:
+            row[k] = int(m[k]) if k in INT_COLUMNS else _metric(m, k)
+    per_slide = {s: {k: _metric(m, slide_key(s, k)) for k in ks} for s, ks in names["slides"].items()}
+    return row, per_slide
+
+
+def download(client, run_id: str, name: str, dst: str | Path) -> Path:
+    """One artifact of a run into dst, without MLflow's progress bar on stderr."""
+    import os
+
+    key, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[key] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, name, str(dst)))
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def fetch_record(client, run_id: str) -> CellRecord:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download(client, run_id, RECORD_ARTIFACT, tmp)
+        return CellRecord.loads(path.read_text(), where=f"MLflow run {run_id} {RECORD_ARTIFACT}")
+
+
+# -- the writer ---------------------------------------------------------------------------------
 class Tracker:
     def __init__(self, uri: str, results_dir: Path, suite: str):
         self.uri = uri
         self.client = open_client(uri)
-        name = experiment_name(suite)
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            art = (Path(results_dir).resolve() / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(name, artifact_location=art)
-        else:
-            self.experiment_id = exp.experiment_id
+        art = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+        self.experiment_id = _experiment_id(self.client, experiment_name(suite), art)
+
+    def _log(self, run_id: str, metrics: Mapping[str, float] | None = None, params: Mapping[str, str] | None = None,
+             tags: Mapping[str, str] | None = None, step: int = 0) -> None:
+        """log_batch under MLflow's caps (100 params, 100 tags, 1000 entities per call)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(time.time() * 1000)
+        m = [Metric(k, v, ts, step) for k, v in (metrics or {}).items()]
+        p = [Param(k, v) for k, v in (params or {}).items()]
+        t = [RunTag(k, v) for k, v in (tags or {}).items()]
+        n = max(math.ceil(len(m) / _METRICS_PER_BATCH), math.ceil(len(p) / _PER_BATCH), math.ceil(len(t) / _PER_BATCH))
+        for i in range(n):
+            self.client.log_batch(run_id, metrics=m[i * _METRICS_PER_BATCH:(i + 1) * _METRICS_PER_BATCH],
+                                  params=p[i * _PER_BATCH:(i + 1) * _PER_BATCH], tags=t[i * _PER_BATCH:(i + 1) * _PER_BATCH])
 
     # -- parent ------------------------------------------------------------------------------
-    def start_parent(self, grid_spec: dict[str, Any], prov: dict[str, Any]) -> str:
-        from mlflow.entities import Param, RunTag
+    def start_parent(self, grid_spec: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
+        tags = {T_LEVEL: "invocation", "flag_bench.git_commit": str(provenance.get("git_commit")),
+                "flag_bench.version": str(provenance.get("flag_bench")), "mlflow.runName": "flag-bench run"}
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        params = {k: _value(v) for k, v in sorted(grid_spec.items())}
+        params["packages"] = _value(provenance.get("packages"))
+        self._log(run_id, params=params, tags={"flag_bench.device": str(provenance.get("device_name"))})
+        return run_id
 
-        tags = {
-            "flag_bench.level": "invocation",
-            "flag_bench.git_commit": str(prov.get("git_commit")),
-            "flag_bench.version": str(prov.get("flag_bench")),
-            "mlflow.runName": "flag-bench run",
-        }
-        run = self.client.create_run(self.experiment_id, tags=tags)
-        params = [Param(k, _short(json.dumps(v, default=str))) for k, v in sorted(grid_spec.items())]
-        params.append(Param("packages", _short(json.dumps(prov.get("packages")))))
-        self.client.log_batch(run.info.run_id, params=params,
-                              tags=[RunTag("flag_bench.device", str(prov.get("device_name")))])
-        return run.info.run_id
+    def log_parent_metrics(self, run_id: str, values: Mapping[str, float]) -> None:
+        self._log(run_id, metrics={mlflow_key(k): float(v) for k, v in values.items()})
 
     def end_parent(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
     # -- cells -------------------------------------------------------------------------------
-    def _cell_run(self, rec: dict, parent_id: str | None):
-        from mlflow.entities import Param
-
-        cell = rec["cell"]
-        tags = {
-            "flag_bench.level": "cell",
-            "flag_bench.cell_id": rec["cell_id"],
-            "flag_bench.status": rec["status"],
-            "mlflow.runName": f"{cell['method']} G={cell['n_genes']} {cell['fold']} s{cell['seed']}",
-        }
+    def log_record(self, rec: CellRecord, artifact_dir: Path | None, parent_id: str | None) -> str:
+        """One child run per record, ok or failed; returns its run id (the driver marks the store)."""
+        c = rec.cell
+        tags = {T_LEVEL: "cell", T_CELL: rec.cell_id, T_STATUS: rec.status,
+                "mlflow.runName": f"{c.method} ({rec.method.label}) G={c.n_genes} {c.fold} s{c.seed}"}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(self.experiment_id, tags=tags)
-        from flag_bench.grid import Cell
-
-        c = Cell(**{k: tuple(v) if isinstance(v, list) else v for k, v in cell.items()})
-        params = c.as_params()
-        params["device"] = rec.get("device", "")
-        if "panel" in rec:
-            params["panel_id"] = rec["panel"]["panel_id"]
-        protocol = rec.get("protocol", {})
-        params["protocol"] = _short(json.dumps(protocol, sort_keys=True))
-        return run.info.run_id, [Param(k, _short(str(v))) for k, v in params.items()]
-
-    def log_cell(self, rec: dict, store, parent_id: str | None) -> str:
-        from mlflow.entities import Metric, RunTag
-
-        run_id, params = self._cell_run(rec, parent_id)
-        step = int(rec["cell"]["n_genes"])
-        ts = int(time.time() * 1000)
-        metrics = [Metric(mlflow_key(k), float(v), ts, step) for k, v in rec["scores"].items() if _finite(v)]
-        for k, v in rec["costs"].items():
-            if v is not None and _finite(v):
-                metrics.append(Metric(k, float(v), ts, step))
-        summary = {f"method.{k}": _short(json.dumps(v, default=str)) for k, v in rec.get("method_summary", {}).items()}
-        tags = [RunTag(k, v) for k, v in summary.items()]
-        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
-        art = store.artifact_dir(rec["cell_id"])
-        if art.is_dir():
-            self.client.log_artifacts(run_id, str(art))
-        self.client.set_terminated(run_id, status="FINISHED")
-        store.mark_logged(rec["cell_id"], self.uri, run_id)
-        return run_id
-
-    def log_failed(self, rec: dict, parent_id: str | None) -> str:
-        from mlflow.entities import RunTag
-
-        run_id, params = self._cell_run(rec, parent_id)
-        err = rec["error"]
-        self.client.log_batch(run_id, params=params,
-                              tags=[RunTag("flag_bench.error", _short(err["message"]))])
-        self.client.log_text(run_id, err["traceback"], "traceback.txt")
-        self.client.set_terminated(run_id, status="FAILED")
+        run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        enc = encode(rec)
+        self._log(run_id, enc.metrics, enc.params, enc.tags, step=int(c.n_genes))
+        if artifact_dir is not None and Path(artifact_dir).is_dir():
+            self.client.log_artifacts(run_id, str(artifact_dir))
+        self.client.log_text(run_id, rec.dumps(), RECORD_ARTIFACT)
+        if rec.error is not None:
+            self.client.log_text(run_id, rec.error.traceback, TRACEBACK_ARTIFACT)
+        # the report reads terminated runs only, so a run cut short here is never half-read
+        self.client.set_terminated(run_id, status="FINISHED" if rec.ok else "FAILED")
         return run_id
 
     def sync(self, store) -> int:
-        """Log finished cells whose MLflow run is missing (a run killed between the two writes)."""
+        """Log finished records whose MLflow run is missing (a run killed between the two writes)."""
         n = 0
         for rec in store.records():
-            if rec["status"] == "ok" and not store.logged_run_id(rec["cell_id"], self.uri):
-                self.log_cell(rec, store, None)
+            # a cell claimed by a live run is that run's to log (it may be between the two writes)
+            if not store.logged_run_id(rec.cell_id, self.uri) and not store.busy(rec.cell_id):
+                run_id = self.log_record(rec, store.artifact_dir(rec.cell_id), None)
+                store.mark_logged(rec.cell_id, self.uri, run_id)
                 n += 1
         return n
 
     # -- curves ------------------------------------------------------------------------------
-    def log_curves(self, parent_id: str, records: list[dict]) -> None:
-        """Per (dataset, method): mean over folds and seeds of each score at step = G."""
-        from mlflow.entities import Metric
-
-        groups: dict[tuple, list[float]] = defaultdict(list)
+    def log_curves(self, parent_id: str, records: Iterable[CellRecord]) -> None:
+        """Per (dataset, method configuration, score): mean over folds and seeds at step = G."""
+        groups: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        labels: dict[str, str] = {}
         for rec in records:
-            c = rec["cell"]
-            for k, v in rec["scores"].items():
-                groups[(c["dataset"], c["method"], k, int(c["n_genes"]))].append(v)
-        metrics = []
-        for (ds, method, k, g), vals in sorted(groups.items()):
-            arr = np.asarray(vals, dtype=float)
-            if np.isfinite(arr).any():
-                metrics.append(Metric(mlflow_key(f"curve.{ds}.{method}.{k}"), float(np.nanmean(arr)),
-                                      int(time.time() * 1000), g))
-        for i in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(parent_id, metrics=metrics[i:i + 900])
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return bool(np.isfinite(float(v)))
-    except (TypeError, ValueError):
-        return False
-
-
-def _short(s: str, n: int = 6000) -> str:
-    return s if len(s) <= n else s[: n - 3] + "..."
+            if not rec.ok:
+                continue
+            c = rec.cell
+            labels[mlflow_key(f"curve_label.{c.method}.{c.config_hash}")] = _value(f"{c.method} ({rec.method.label})", _TAG_LEN)
+            for k, v in rec.scores.items():
+                groups[(c.dataset, c.config_hash, c.method, k)][int(c.n_genes)].append(float(v))
+        by_step: dict[int, dict[str, float]] = defaultdict(dict)
+        for (ds, config_hash, method, k), points in groups.items():
+            key = mlflow_key(f"curve.{ds}.{config_hash}.{method}.{k}")
+            for g, vals in points.items():
+                finite = [v for v in vals if math.isfinite(v)]
+                if finite:
+                    by_step[g][key] = sum(finite) / len(finite)
+        for g, metrics in sorted(by_step.items()):
+            self._log(parent_id, metrics=metrics, step=g)
+        self._log(parent_id, tags=labels)

@@ -1,103 +1,145 @@
-"""Read finished cells into one pandas DataFrame (one row per cell), from MLflow or the store.
+"""The results API: finished cells as one DataFrame, whichever source was read, plus what plots need.
 
-MLflow is the default source when the results dir has an MLflow database (or a tracking URI is
-given); the local results store is the fallback and the source of truth for resume.
+``load_results`` reads the results store or MLflow (``sources.py``) and returns ``Results``. Its
+frame is built by one function from ``CellRecord.to_row()`` rows, so both sources give the same
+columns (ROW_COLUMNS, the scores sorted by name, then COST_COLUMNS), dtypes and row order.
+
+    res = load_results("flag-bench-results", source=ResultSource.AUTO)
+    res.frame()               one row per finished cell
+    res.failed()              failed cells: one-line error and where the traceback is
+    res.per_slide()           cell_id, slide, metric, value
+    res.per_gene(cell_id)     the cell's per-gene metrics (slide, gene, one column per metric)
+    res.predictions(cell_id)  AnnData: X predictions, layers['truth'], obs slide/barcode, spatial coords
+    res.curves("pcc_mean")    metric vs G per dataset and method configuration: mean, std, n
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
+from typing import Any, Iterable
 
 from flag_bench.errors import UserError
+from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS
+from flag_bench.spec import ResultSource
+from flag_bench.leaderboard.sources import Loaded, from_mlflow, from_store
 
-ID_COLUMNS = ["dataset", "n_genes", "method", "preset", "fold", "seed", "panel_selector", "split",
-              "target_transform", "encoder", "patch", "protocol_version", "cell_id"]
+# rows sort by what a reader scans for; cell_id makes the order total
+SORT_COLUMNS = ["dataset", "n_genes", "method", "config_hash", "fold", "seed", "cell_id"]
+CONFIG_COLUMNS = ["dataset", "method", "config_hash"]  # one method configuration on one dataset
+FAILED_COLUMNS = ["cell_id", "dataset", "n_genes", "method", "config_hash", "config_label", "fold", "seed",
+                  "stage", "error", "traceback", "finished"]
 
 
-def _from_store(results_dir: Path):
+def results_frame(rows: Iterable[dict[str, Any]]):
+    """``CellRecord.to_row()`` rows -> the one results DataFrame (canonical columns, dtypes, order)."""
     import pandas as pd
 
-    from flag_bench.store import ResultsStore
-
-    rows = []
-    for rec in ResultsStore(results_dir).records():
-        if rec["status"] != "ok":
-            continue
-        c = rec["cell"]
-        row = {
-            "dataset": c["dataset"], "n_genes": int(c["n_genes"]), "method": c["method"],
-            "preset": c["preset"], "fold": c["fold"], "seed": int(c["seed"]),
-            "panel_selector": c["panel"].split(":")[0], "split": c["split"],
-            "target_transform": c["target_transform"], "encoder": c["encoder"], "patch": c["patch"],
-            "protocol_version": c["protocol_version"], "cell_id": rec["cell_id"],
-            "protocol": json.dumps(rec.get("protocol", {}), sort_keys=True),
-        }
-        row.update({k: v for k, v in rec["scores"].items()})
-        for k in ("fit_seconds", "predict_seconds", "peak_rss_mb", "n_parameters"):
-            row[k] = rec["costs"].get(k)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame.from_records(list(rows))
+    for c in ROW_COLUMNS:
+        if c not in df.columns:
+            df[c] = pd.Series(dtype="int64" if c in INT_COLUMNS else "object")
+    scores = sorted(c for c in df.columns if c not in ROW_COLUMNS and c not in COST_COLUMNS)
+    df = df[[*ROW_COLUMNS, *scores, *(c for c in COST_COLUMNS if c in df.columns)]]
+    for c in df.columns:
+        if c in INT_COLUMNS and not df[c].isna().any():
+            df[c] = df[c].astype("int64")
+        elif c not in ROW_COLUMNS:
+            df[c] = df[c].astype("float64")
+    return df.sort_values(SORT_COLUMNS, kind="stable").reset_index(drop=True)
 
 
-def _from_mlflow(uri: str, suite: str | None):
+def curves(frame, metric: str):
+    """Metric vs G per dataset x method configuration: mean, std (ddof 1) and n of the finite values."""
     import pandas as pd
 
-    from flag_bench.tracking import mlflow_key, open_client
-
-    client = open_client(uri)
-    exps = [e for e in client.search_experiments() if e.name.startswith("flag-bench/")]
-    if suite:
-        exps = [e for e in exps if e.name.split("/")[1] == suite]
-    if not exps:
-        return pd.DataFrame()
-    from flag_bench.catalog import METRICS
-
-    # MLflow keys were sanitised ('ssc@32' -> 'ssc_at_32'); map them back to metric names
-    back = {mlflow_key(o.name): o.name for m in METRICS.load_all().values() for o in m.outputs}
-    rows, seen = [], set()
-    token = None
-    while True:
-        page = client.search_runs(
-            [e.experiment_id for e in exps],
-            filter_string="tags.`flag_bench.level` = 'cell' and tags.`flag_bench.status` = 'ok'",
-            max_results=5000, page_token=token,
-        )
-        for run in page:
-            cid = run.data.tags.get("flag_bench.cell_id")
-            if cid in seen:  # a cell logged twice (resync) counts once
-                continue
-            seen.add(cid)
-            p = run.data.params
-            row = {
-                "dataset": p.get("dataset"), "n_genes": int(p.get("n_genes", 0)), "method": p.get("method"),
-                "preset": p.get("preset"), "fold": p.get("fold"), "seed": int(p.get("seed", 0)),
-                "panel_selector": p.get("panel_selector"), "split": p.get("split"),
-                "target_transform": p.get("target_transform"), "encoder": p.get("encoder"),
-                "patch": p.get("patch"), "protocol_version": p.get("protocol_version"), "cell_id": cid,
-                "protocol": p.get("protocol", "{}"),
-            }
-            for k, v in run.data.metrics.items():
-                row[back.get(k, k)] = v
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
-    return pd.DataFrame(rows)
+    check_metric(frame, metric)
+    out = []
+    for key, g in frame.groupby([*CONFIG_COLUMNS, "n_genes"], sort=True):
+        v = [x for x in g[metric].to_numpy(dtype=float) if math.isfinite(x)]
+        mean = sum(v) / len(v) if v else math.nan
+        std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
+        out.append({**dict(zip([*CONFIG_COLUMNS, "n_genes"], key)), "config_label": joined_labels(g["config_label"]),
+                    "mean": mean, "std": std, "n": len(v)})
+    cols = [*CONFIG_COLUMNS, "config_label", "n_genes", "mean", "std", "n"]
+    return pd.DataFrame(out, columns=cols).astype({"n_genes": "int64", "n": "int64"})
 
 
-def load_results(results_dir: str | Path, *, source: str = "auto", tracking_uri: str | None = None,
-                 suite: str | None = None):
-    """(DataFrame, source used). ``source``: auto | mlflow | store."""
+def joined_labels(config_labels) -> str:
+    """The config label(s) of one configuration: two when one config was reached through two presets."""
+    return " = ".join(sorted(set(config_labels)))
+
+
+def check_metric(frame, metric: str) -> None:
+    if metric not in frame.columns or metric in ROW_COLUMNS or metric in COST_COLUMNS:
+        known = sorted(c for c in frame.columns if c not in ROW_COLUMNS and c not in COST_COLUMNS)
+        raise UserError(f"--metric {metric}: no such score in these results (scores: {', '.join(known) or 'none'})")
+
+
+class Results:
+    """What one results source holds, in source-blind frames (see the module docstring)."""
+
+    def __init__(self, loaded: Loaded):
+        self._loaded = loaded
+        self.source: ResultSource = loaded.source
+        self._frame = results_frame(loaded.rows)
+
+    def frame(self):
+        return self._frame.copy()
+
+    def failed(self):
+        import pandas as pd
+
+        rows = [{**{c: f.row[c] for c in FAILED_COLUMNS if c in f.row}, "stage": f.stage, "error": f.error,
+                 "traceback": f.traceback, "finished": f.finished} for f in self._loaded.failures]
+        df = pd.DataFrame(rows, columns=FAILED_COLUMNS).astype({"n_genes": "int64", "seed": "int64"})
+        return df.sort_values([c for c in SORT_COLUMNS if c in df.columns], kind="stable").reset_index(drop=True)
+
+    def per_slide(self):
+        import pandas as pd
+
+        rows = [(cid, slide, metric, float(v)) for cid, slides in self._loaded.per_slide.items()
+                for slide, scores in slides.items() for metric, v in scores.items()]
+        df = pd.DataFrame(rows, columns=["cell_id", "slide", "metric", "value"])
+        return df.sort_values(["cell_id", "slide", "metric"], kind="stable").reset_index(drop=True)
+
+    def _artifact(self, cell_id: str, name: str) -> Path:
+        if cell_id not in set(self._frame["cell_id"]):
+            raise UserError(f"cell {cell_id}: not a finished cell of these results ({self.source} source)")
+        path = self._loaded.fetch(cell_id, name)
+        if not path.is_file():
+            raise UserError(f"cell {cell_id}: its artifact {name} is missing ({path})")
+        return path
+
+    def per_gene(self, cell_id: str):
+        import pandas as pd
+
+        return pd.read_csv(self._artifact(cell_id, "per_gene_metrics.csv"))
+
+    def predictions(self, cell_id: str):
+        import anndata as ad
+
+        return ad.read_h5ad(self._artifact(cell_id, "predictions.h5ad"))
+
+    def curves(self, metric: str):
+        return curves(self._frame, metric)
+
+
+def load_results(results_dir: str | Path, *, source: ResultSource | str = ResultSource.AUTO,
+                 tracking_uri: str | None = None, suite: str | None = None) -> Results:
+    """AUTO reads MLflow when a tracking URI is given or the results dir has mlflow.db, else the store."""
+    from flag_bench.tracking import default_tracking_uri
+
     results_dir = Path(results_dir)
+    source = ResultSource.parse(source, "--source")
     db = results_dir / "mlflow.db"
-    if source not in ("auto", "mlflow", "store"):
-        raise UserError(f"--source {source}: use auto, mlflow or store")
-    if source == "store" or (source == "auto" and tracking_uri is None and not db.exists()):
+    if source is ResultSource.AUTO:
+        source = ResultSource.MLFLOW if tracking_uri is not None or db.exists() else ResultSource.STORE
+    if source is ResultSource.STORE:
         if not (results_dir / "cells").is_dir():
-            raise UserError(f"--results-dir {results_dir}: no results here; run `flag-bench run --results-dir {results_dir}` first")
-        return _from_store(results_dir), "store"
-    uri = tracking_uri or f"sqlite:///{db.resolve()}"
+            raise UserError(f"--results-dir {results_dir}: no results here; "
+                            f"run `flag-bench run --results-dir {results_dir}` first")
+        return Results(from_store(results_dir, suite))
     if tracking_uri is None and not db.exists():
         raise UserError(f"--results-dir {results_dir}: no mlflow.db here; use --source store or --tracking-uri")
-    return _from_mlflow(uri, suite), "mlflow"
+    return Results(from_mlflow(tracking_uri or default_tracking_uri(results_dir), suite))

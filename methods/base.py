@@ -1,9 +1,10 @@
 """The Method contract every built-in and plugin method implements.
 
 A method declares a frozen dataclass ``Config`` and named ``presets`` (``tiny`` for tests,
-``small`` for CPU demos/CI, ``paper`` for the published hyper-parameters). The runner builds the
-config from a preset plus user overrides (unknown keys are errors), seeds everything, then calls
-``fit(train, val)`` and ``predict(test)``.
+``small`` for CPU demos/CI, ``paper`` for the published hyper-parameters; every built-in method
+has all three, see tests/test_methods_config.py). The runner builds the config from a preset plus
+user overrides (unknown keys and values of the wrong type are one-line errors), seeds everything,
+then calls ``fit(train, val)`` and ``predict(test)``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,24 @@ import numpy as np
 
 from flag_bench.errors import UserError
 from flag_bench.hashing import short_hash
+from flag_bench.methods.config_types import Mismatch, conform, describe_value, field_types, type_name
 
 PRESETS = ("tiny", "small", "paper")
 
-NEEDS = frozenset({"embeddings", "tiles", "coords", "slide_context", "counts"})
+# What a method may ask the harness for. "region": an image region around a spot, larger than
+# its patch (neighbourhood context, TRIPLEX-style).
+NEEDS = frozenset({"embeddings", "tiles", "region", "coords", "slide_context", "counts"})
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Weights a method itself loads (not the run's image encoder, which the run records), and
+    what they were trained on, so a leaderboard can flag possible overlap with test data."""
+
+    name: str
+    trained_on: str
+    source: str = ""  # URL or package the weights come from
+    licence: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,7 +50,32 @@ class MethodCard:
     licence: str = ""
     uses_validation: bool = False  # asks the runner for a validation slide carved from train
     default_run: bool = True  # part of `flag-bench run` without --methods
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    pretrained: tuple[PretrainedWeights, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)  # JSON-able values
+
+    def __post_init__(self) -> None:
+        if isinstance(self.needs, str):
+            raise ValueError(f"method card '{self.name}': needs must be a set of names, got the string "
+                             f"{self.needs!r}")
+        needs = frozenset(self.needs)
+        unknown = sorted(needs - NEEDS)
+        if unknown:
+            raise ValueError(f"method card '{self.name}': unknown needs {', '.join(map(repr, unknown))} "
+                             f"(known: {', '.join(sorted(NEEDS))})")
+        pretrained = tuple(self.pretrained)
+        if not all(isinstance(p, PretrainedWeights) for p in pretrained):
+            raise ValueError(f"method card '{self.name}': pretrained must hold PretrainedWeights entries")
+        object.__setattr__(self, "needs", needs)
+        object.__setattr__(self, "pretrained", pretrained)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able copy (needs sorted), recorded with every result of the method."""
+        return {
+            "name": self.name, "description": self.description, "citation": self.citation,
+            "code_url": self.code_url, "needs": sorted(self.needs), "generative": self.generative,
+            "licence": self.licence, "uses_validation": self.uses_validation, "default_run": self.default_run,
+            "pretrained": [dataclasses.asdict(p) for p in self.pretrained], "extra": dict(self.extra),
+        }
 
 
 # hook(total, description) -> context manager yielding advance(n=1)
@@ -62,24 +102,26 @@ class Method(abc.ABC):
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
-    def make_config(cls, preset: str = "small", overrides: Mapping[str, Any] | None = None) -> Any:
+    def make_config(cls, preset: str = "small", overrides: Mapping[str, Any] | None = None,
+                    source: str | None = None) -> Any:
+        """Config of ``preset`` with ``overrides`` applied, every value checked against the Config's
+        field types. ``source`` says where the overrides came from (for the error message)."""
+        name = cls.card.name
         if preset not in cls.presets:
-            raise UserError(
-                f"method '{cls.card.name}' has no preset '{preset}' (presets: {', '.join(cls.presets)})"
-            )
-        values = dict(cls.presets[preset])
-        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+            raise UserError(f"method '{name}' has no preset '{preset}' (presets: {', '.join(cls.presets)})")
+        types = field_types(cls.Config)
+        for key in overrides or {}:
+            if key not in types:
+                raise UserError(f"method '{name}' has no config key '{key}' (keys: {', '.join(sorted(types))})")
+        values = {}
+        for key, value in cls.presets[preset].items():
+            values[key] = _checked(name, key, types, value, f"preset '{preset}'")
         for key, value in (overrides or {}).items():
-            if key not in fields:
-                raise UserError(
-                    f"method '{cls.card.name}' has no config key '{key}' "
-                    f"(keys: {', '.join(sorted(fields))})"
-                )
-            values[key] = value
+            values[key] = _checked(name, key, types, value, source or f"[methods.{name}] in the config file")
         try:
             return cls.Config(**values)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"method '{cls.card.name}' config is invalid: {exc}") from None
+            raise UserError(f"method '{name}' config is invalid: {exc}") from None
 
     @classmethod
     def config_hash(cls, config: Any) -> str:
@@ -98,6 +140,13 @@ class Method(abc.ABC):
         """Trainable parameter count, or None for non-parametric methods."""
         return None
 
+    def seed_streams(self, n: int) -> list[int]:
+        """``n`` independent seeds for the method's own random streams (initialisation, training
+        batches, validation, sampling, ...), spawned from the cell seed. Stream i is the same
+        whatever n, so a method can add a stream without moving the others."""
+        children = np.random.SeedSequence(self.seed).spawn(n)
+        return [int(c.generate_state(1, dtype=np.uint64)[0]) for c in children]
+
     # -- helpers for subclasses --------------------------------------------------------------
     def track(self, iterable: Iterable, total: int, description: str) -> Iterator:
         """Iterate while advancing the runner's progress bar (if any)."""
@@ -108,6 +157,16 @@ class Method(abc.ABC):
                 yield item
                 if advance is not None:
                     advance()
+
+
+def _checked(method: str, key: str, types: Mapping[str, Any], value: Any, source: str) -> Any:
+    if key not in types:
+        raise UserError(f"method '{method}': {source} sets unknown config key '{key}'")
+    try:
+        return conform(types[key], value)
+    except Mismatch:
+        raise UserError(f"method '{method}': config key '{key}' expects {type_name(types[key])}, "
+                        f"got {describe_value(value)} ({source})") from None
 
 
 def resolve_device(device: str) -> str:

@@ -3,7 +3,8 @@
 - ``mean``: the training-mean profile for every spot (negative control; PCC 0 by convention).
 - ``ridge``: ridge regression on standardised encoder embeddings, HEST-Benchmark's linear probe.
   Policy (stated because HEST users could not reproduce its hard-coded alpha): embeddings are
-  standardised with training statistics, reduced by PCA fitted on training spots (256
+  standardised with training statistics (features without training spread are dropped:
+  ``common.inputs.RELATIVE_SPREAD_FLOOR``), reduced by PCA fitted on training spots (256
   components, HEST's dimreduce setting, when D > 256), and alpha is chosen from a log grid by
   leave-one-training-slide-out CV on the training slides only (never the test slide).
 - ``knn``: mean expression of the k nearest training spots in the same standardised PCA space.
@@ -16,34 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from flag_bench.methods.base import Method, MethodCard
+from flag_bench.methods.common.inputs import EmbeddingNormalizer, slide_groups, stack_embeddings, stack_targets
 
 
 def _stack(train):
-    x = np.concatenate([s.embeddings for s in train.slides]).astype(np.float64)
-    y = np.concatenate([s.targets for s in train.slides]).astype(np.float64)
-    groups = np.concatenate([np.full(s.n_spots, i) for i, s in enumerate(train.slides)])
-    return x, y, groups
+    return stack_embeddings(train), stack_targets(train, np.float64), slide_groups(train)
 
 
-class _EmbeddingSpace:
-    """Standardise with training statistics, then PCA (fitted on training spots only)."""
-
-    def __init__(self, x: np.ndarray, n_components: int):
-        self.mu = x.mean(axis=0)
-        sd = x.std(axis=0)
-        self.sd = np.where(sd > 0, sd, 1.0)
-        z = (x - self.mu) / self.sd
-        self.basis = None
-        if 0 < n_components < z.shape[1]:
-            # SVD of the centred training matrix; sign fixed for determinism across BLAS builds
-            _, _, vt = np.linalg.svd(z, full_matrices=False)
-            vt = vt[:n_components]
-            signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
-            self.basis = (vt * signs[:, None]).T
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = (np.asarray(x, dtype=np.float64) - self.mu) / self.sd
-        return z @ self.basis if self.basis is not None else z
+def _embedding_space(x: np.ndarray, n_components: int) -> EmbeddingNormalizer:
+    """Standardise with training statistics, then PCA on training spots, components unscaled
+    (the ridge penalty and kNN distances are defined on them)."""
+    return EmbeddingNormalizer(x, n_components, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -60,7 +44,7 @@ class MeanControl(Method):
     Config = MeanConfig
 
     def fit(self, train, val=None):
-        y = np.concatenate([s.targets for s in train.slides]).astype(np.float64)
+        y = stack_targets(train, np.float64)
         self.mean_ = y.mean(axis=0).astype(np.float32)
         self.summary = {"trained": True, "n_train_spots": int(y.shape[0])}
         return self
@@ -103,7 +87,7 @@ class RidgeControl(Method):
 
     def fit(self, train, val=None):
         x, y, groups = _stack(train)
-        self.space_ = _EmbeddingSpace(x, self.config.pca_components)
+        self.space_ = _embedding_space(x, self.config.pca_components)
         z = self.space_(x)
         alphas = self.config.alphas
         if len(np.unique(groups)) >= 2:
@@ -119,7 +103,7 @@ class RidgeControl(Method):
         self.alpha_ = alphas[best]
         self.coef_, self.intercept_ = _ridge_path(z, y, [self.alpha_])[0]
         self.summary = {"trained": True, "alpha": self.alpha_, "alpha_cv": cv,
-                        "pca_components": int(z.shape[1])}
+                        "pca_components": int(z.shape[1]), "embeddings": self.space_.describe()}
         return self
 
     def predict(self, test):
@@ -151,11 +135,11 @@ class KNNControl(Method):
         from sklearn.neighbors import NearestNeighbors
 
         x, y, _ = _stack(train)
-        self.space_ = _EmbeddingSpace(x, self.config.pca_components)
+        self.space_ = _embedding_space(x, self.config.pca_components)
         self.k_ = min(self.config.k, len(x))
         self.nn_ = NearestNeighbors(n_neighbors=self.k_, algorithm="brute").fit(self.space_(x))
         self.y_ = y
-        self.summary = {"trained": True, "k": self.k_}
+        self.summary = {"trained": True, "k": self.k_, "embeddings": self.space_.describe()}
         return self
 
     def predict(self, test):

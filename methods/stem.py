@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from flag_bench.methods.base import Method, MethodCard
-from flag_bench.methods.diffusion import training
-from flag_bench.methods.diffusion.dit import GeneDiT, TimestepEmbedder, auto_genes_per_token
-from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer, require_embeddings, stack_targets
-from flag_bench.methods.diffusion.sampler import ddpm_ancestral, randn
-from flag_bench.methods.diffusion.sde import GaussianDiffusion, linear_betas
+from flag_bench.methods.base import MethodCard
+from flag_bench.methods.common import training
+from flag_bench.methods.common.dit import GeneDiT, TimestepEmbedder, auto_genes_per_token
+from flag_bench.methods.common.inputs import require_embeddings, stack_embeddings, stack_targets
+from flag_bench.methods.common.samplers import ddpm_ancestral, randn
+from flag_bench.methods.common.sde import GaussianDiffusion, linear_betas
+from flag_bench.methods.common.torch_method import PREDICT, TorchMethod
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class StemNet(nn.Module):
         return out
 
 
-class Stem(Method):
+class Stem(TorchMethod):
     card = MethodCard(
         name="stem",
         description="Stem: conditional DDPM over gene tokens (DiT, adaLN-Zero) on the spot's image embedding; "
@@ -109,13 +110,8 @@ class Stem(Method):
 
     def fit(self, train, val=None):
         cfg = self.config
-        require_embeddings(train, self.card.name)
-        dev = torch.device(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        emb = np.concatenate([s.embeddings for s in train.slides])
-        self.norm_ = EmbeddingNormalizer(emb, cfg.cond_pca)
-        y = torch.as_tensor(self.norm_(emb), device=dev)
+        dev, gen = self.start_fit(train, cfg.cond_pca)
+        y = torch.as_tensor(self.norm_(stack_embeddings(train, np.float32)), device=dev)
         x0 = torch.tensor(stack_targets(train), device=dev)
         n, G = x0.shape
         self.n_genes_ = G
@@ -156,7 +152,7 @@ class Stem(Method):
         cfg = self.config
         require_embeddings(test, self.card.name)
         dev = torch.device(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed + 1)
+        gen = self.generator(PREDICT)
         diff = self.diffusion_.respaced(cfg.sampling_steps)
         model = self.ema_
 
@@ -179,6 +175,3 @@ class Stem(Method):
             pred = samples.clamp_min(0).mean(1) if cfg.clip_at_zero else samples.mean(1)
             out.append(pred.cpu().numpy())  # each sample was clipped above when configured
         return out
-
-    def n_parameters(self):
-        return int(sum(p.numel() for p in self.net_.parameters())) if hasattr(self, "net_") else None

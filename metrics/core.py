@@ -1,7 +1,8 @@
 """Pointwise metrics: per-gene PCC, MSE, MAE, and PCC pooled over all test spots.
 
-Conventions (stated once, tested in tests/test_metrics_core.py):
-- a gene constant in the truth has no defined correlation: it is excluded and counted
+Conventions (tested in tests/test_metrics_core.py; the constancy rule and the Pearson itself live
+in ``metrics.kernels``, shared with GSC/SSC, Moran's I and FLAG's validation):
+- a gene constant in the truth (max - min == 0) has no defined correlation: it is excluded and counted
   (``n_const_true``), never averaged as 0 or NaN;
 - a gene whose *prediction* is constant (but truth is not) scores r = 0: a method that predicts
   nothing about a gene's variation gets no credit, and the ``mean`` control scores PCC 0, not NaN.
@@ -12,32 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
+from flag_bench.metrics.kernels import pearson_columns
 
-_EPS = 0.0  # exact zero variance only: tiny but real variation is still a variation
-
-
-def pearson_per_gene(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pearson r between columns of two (N, G) arrays.
-
-    Returns ``(r, valid)``: r is (G,) float64 with NaN where the truth is constant and 0 where
-    only the prediction is constant; valid is (G,) bool (truth not constant).
-    """
-    yt = np.asarray(y_true, dtype=np.float64)
-    yp = np.asarray(y_pred, dtype=np.float64)
-    if yt.shape != yp.shape or yt.ndim != 2:
-        raise ValueError(f"expected two (N, G) arrays of one shape, got {yt.shape} and {yp.shape}")
-    dt = yt - yt.mean(axis=0)
-    dp = yp - yp.mean(axis=0)
-    st = np.sqrt((dt * dt).sum(axis=0))
-    sp_ = np.sqrt((dp * dp).sum(axis=0))
-    valid = st > _EPS
-    r = np.full(yt.shape[1], np.nan)
-    both = valid & (sp_ > _EPS)
-    r[both] = (dt[:, both] * dp[:, both]).sum(axis=0) / (st[both] * sp_[both])
-    r[valid & ~both] = 0.0
-    # float rounding can push |r| a hair past 1
-    np.clip(r, -1.0, 1.0, out=r)
-    return r, valid
+# the one Pearson of the project; the old name stays for callers outside metrics/
+pearson_per_gene = pearson_columns
 
 
 def top_k_mean(values: np.ndarray, k: int) -> float:
@@ -47,7 +26,7 @@ def top_k_mean(values: np.ndarray, k: int) -> float:
 
 
 def _pcc(y_true: np.ndarray, y_pred: np.ndarray, ctx: SlideContext) -> Scores:
-    r, valid = pearson_per_gene(y_true, y_pred)
+    r, valid = pearson_columns(y_true, y_pred)
     rv = r[valid]
     return Scores(
         values={
@@ -70,7 +49,7 @@ def _error(y_true: np.ndarray, y_pred: np.ndarray, ctx: SlideContext) -> Scores:
 
 
 def _pcc_pooled(y_true: np.ndarray, y_pred: np.ndarray, ctx: SlideContext) -> Scores:
-    r, valid = pearson_per_gene(y_true, y_pred)
+    r, valid = pearson_columns(y_true, y_pred)
     rv = r[valid]
     return Scores(values={"pcc_pooled": float(rv.mean()) if rv.size else float("nan")})
 

@@ -24,8 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
-from flag_bench.metrics.moran import constant_columns
-from flag_bench.metrics.structure import centred_gram, single_threaded, validate_pair
+from flag_bench.metrics.kernels import centred_gram, constant_columns, single_threaded, validate_pair
 
 
 def pca_scores(x: np.ndarray, n_pcs: int = 30) -> np.ndarray:
@@ -67,6 +66,15 @@ def cluster_labels(x: np.ndarray, k: int, *, n_pcs: int = 30, seed: int = 0, n_i
         distinct = np.unique(feats, axis=0).shape[0]
         km = KMeans(n_clusters=min(k, distinct), n_init=n_init, random_state=seed)
         return km.fit_predict(feats).astype(np.int64)
+
+
+def _ari(a: np.ndarray, b: np.ndarray) -> float:
+    return float(min(adjusted_rand_score(a, b), 1.0))
+
+
+def _nmi(a: np.ndarray, b: np.ndarray) -> float:
+    # sklearn's NMI of identical labelings can round to 1 + 2e-16, outside the declared range
+    return float(np.clip(normalized_mutual_info_score(a, b), 0.0, 1.0))
 
 
 def valid_annotations(labels: np.ndarray) -> np.ndarray:
@@ -128,19 +136,19 @@ def domain_scores(
     lt = cluster_labels(yt, k, n_pcs=n_pcs, seed=seed, n_init=n_init)
     lp = cluster_labels(yp, k, n_pcs=n_pcs, seed=seed, n_init=n_init)
     notes["n_clusters_pred"] = int(np.unique(lp).size)
-    values["ari"] = float(adjusted_rand_score(lt, lp))
-    values["nmi"] = float(normalized_mutual_info_score(lt, lp))
+    values["ari"] = _ari(lt, lp)
+    values["nmi"] = _nmi(lt, lp)
     if mask is None:
         notes["ari_annot_reason"] = notes["nmi_annot_reason"] = "the slide has no external annotations"
     elif mask.sum() < 2:
         notes["ari_annot_reason"] = notes["nmi_annot_reason"] = "fewer than 2 annotated spots"
     else:
         ann_v = ann[mask]
-        values["ari_annot"] = float(adjusted_rand_score(ann_v, lp[mask]))
-        values["nmi_annot"] = float(normalized_mutual_info_score(ann_v, lp[mask]))
+        values["ari_annot"] = _ari(ann_v, lp[mask])
+        values["nmi_annot"] = _nmi(ann_v, lp[mask])
         # the truth's own agreement with the annotations: the ceiling a prediction can reach
-        notes["ari_annot_truth"] = float(adjusted_rand_score(ann_v, lt[mask]))
-        notes["nmi_annot_truth"] = float(normalized_mutual_info_score(ann_v, lt[mask]))
+        notes["ari_annot_truth"] = _ari(ann_v, lt[mask])
+        notes["nmi_annot_truth"] = _nmi(ann_v, lt[mask])
     return Scores(values=values, notes=notes)
 
 

@@ -18,7 +18,8 @@ Conventions (tested against esda 2.9 in tests/test_moran.py):
 - One permutation is shared by all genes in a draw (as in squidpy): valid per gene, but p-values
   of different genes are then correlated. Draws come from ``np.random.default_rng(seed)``; pass
   an explicit (P, N) index array as ``permutations`` to reproduce another tool's draws.
-- A gene constant over the spots has no defined I: NaN in every field, counted in ``n_constant``.
+- A gene constant over the spots (``kernels.constant_columns``: max - min == 0) has no defined I:
+  NaN in every field, counted in ``n_constant``.
 - Results keep the input gene order (squidpy sorts by I; we do not).
 """
 
@@ -30,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from flag_bench.metrics.kernels import constant_columns
 from flag_bench.metrics.spatial_weights import SpatialWeights
 
 Null = Literal["values", "rows"]
@@ -79,11 +81,6 @@ def _as_matrix(x: np.ndarray, n: int) -> np.ndarray:
     if not np.isfinite(a).all():
         raise ValueError(f"values contain {int((~np.isfinite(a)).sum())} non-finite entries")
     return a
-
-
-def constant_columns(x: np.ndarray) -> np.ndarray:
-    """(N, G) -> (G,) bool, True where a column is exactly constant (every column when N = 0)."""
-    return np.ptp(x, axis=0) == 0 if x.shape[0] else np.ones(x.shape[1], bool)
 
 
 def _centre(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,41 +157,39 @@ def morans_i(
     explicit, p = _permutation_spec(permutations, n)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    w = weights.matrix
-    s0, s1, s2 = weights.s0, weights.s1, weights.s2
-    scale = n / s0 if s0 > 0 else np.nan
-
-    num = np.empty(g)
-    ss = np.empty(g)
-    sum4 = np.empty(g)
+    scale = n / weights.s0 if weights.s0 > 0 else np.nan
+    num, ss, sum4 = np.empty(g), np.empty(g), np.empty(g)
     constant = np.empty(g, dtype=bool)
     sim = np.full((p, g), np.nan) if p else None
+    plan = _PermutationPlan(explicit, p, seed, batch_size, null)
     for blk in _gene_blocks(n, g):
-        z, ss_b, const_b = _centre(xx[:, blk])
-        lag = w @ z
-        num[blk] = np.einsum("ij,ij->j", z, lag)
-        ss[blk], constant[blk] = ss_b, const_b
-        np.square(z, out=lag)  # reuse the lag buffer for z^2 (kurtosis)
-        sum4[blk] = np.einsum("ij,ij->j", lag, lag)
+        z, ss[blk], constant[blk] = _centre(xx[:, blk])
+        num[blk], sum4[blk] = _cross_and_fourth(z, weights.matrix)
         if p:
-            ok_b = ~const_b
-            zo = z[:, ok_b]
-            lag_o = (w @ zo) if null == "rows" else None
-            cols = np.arange(g)[blk][ok_b]
-            bsz = batch_size or max(1, int(_DEFAULT_BATCH_BYTES // max(1, 8 * n * max(zo.shape[1], 1))))
-            for start, idx in _permutation_batches(explicit, p, n, seed, bsz):
-                zp = zo[idx]  # (B, N, Gb)
-                if null == "values":
-                    b, gb = idx.shape[0], zo.shape[1]
-                    block = zp.transpose(1, 0, 2).reshape(n, b * gb)
-                    lagp = (w @ block).reshape(n, b, gb).transpose(1, 0, 2)
-                    nums = np.einsum("bij,bij->bj", zp, lagp)
-                else:
-                    nums = np.einsum("bij,ij->bj", zp, lag_o)
-                sim[start : start + idx.shape[0], cols] = scale * nums / ss_b[ok_b]
+            sim[:, blk] = _permutation_block(z, ss[blk], constant[blk], weights.matrix, scale, plan)
+    res = _analytic(num, ss, sum4, constant, weights, two_tailed)
+    if p:
+        _add_permutation_inference(res, sim, keep_sim)
+        res.notes.update({"permutations": int(p), "null": null, "seed": int(seed), "p_sim": "directed"})
+    return res
 
+
+def _cross_and_fourth(z: np.ndarray, w) -> tuple[np.ndarray, np.ndarray]:
+    """Centred block Z (N, Gb) -> (z'Wz (Gb,), sum z^4 (Gb,))."""
+    lag = w @ z
+    num = np.einsum("ij,ij->j", z, lag)
+    np.square(z, out=lag)  # reuse the lag buffer for z^2 (kurtosis)
+    return num, np.einsum("ij,ij->j", lag, lag)
+
+
+def _analytic(
+    num: np.ndarray, ss: np.ndarray, sum4: np.ndarray, constant: np.ndarray, weights: SpatialWeights, two_tailed: bool
+) -> MoranResult:
+    """Per-gene sums -> MoranResult with I and esda's normality / randomisation inference."""
+    n, s0, s1, s2 = weights.n, weights.s0, weights.s1, weights.s2
+    scale = n / s0 if s0 > 0 else np.nan
     ok = ~constant
-    nan_g = np.full(g, np.nan)
+    nan_g = np.full(num.shape[0], np.nan)
     i_stat = nan_g.copy()
     i_stat[ok] = scale * num[ok] / ss[ok]
     ei = -1.0 / (n - 1) if n > 1 else np.nan
@@ -209,7 +204,7 @@ def morans_i(
         var_rand = (a - b_) / ((n - 1) * (n - 2) * (n - 3) * s02) - ei * ei if n >= 4 else nan_g.copy()
         z_norm = (i_stat - ei) / np.sqrt(var_norm)
         z_rand = (i_stat - ei) / np.sqrt(var_rand)
-    res = MoranResult(
+    return MoranResult(
         I=i_stat,
         expected=float(ei),
         var_norm=float(var_norm),
@@ -221,24 +216,60 @@ def morans_i(
         constant=constant,
         notes={**weights.notes(), "two_tailed": bool(two_tailed), "n_constant": int(constant.sum())},
     )
-    if not p:
-        return res
-    larger = (sim >= i_stat).sum(axis=0).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class _PermutationPlan:
+    """How draws are made: explicit (P, N) indices or P draws from ``seed``, in batches."""
+
+    explicit: np.ndarray | None
+    p: int
+    seed: int
+    batch_size: int | None
+    null: Null
+
+
+def _permutation_block(
+    z: np.ndarray, ss: np.ndarray, constant: np.ndarray, w, scale: float, plan: _PermutationPlan
+) -> np.ndarray:
+    """Centred block Z (N, Gb) -> simulated I (P, Gb), NaN for constant genes."""
+    n = z.shape[0]
+    out = np.full((plan.p, z.shape[1]), np.nan)
+    ok = ~constant
+    zo = z[:, ok]
+    lag_o = (w @ zo) if plan.null == "rows" else None
+    bsz = plan.batch_size or max(1, int(_DEFAULT_BATCH_BYTES // max(1, 8 * n * max(zo.shape[1], 1))))
+    cols = np.flatnonzero(ok)
+    for start, idx in _permutation_batches(plan.explicit, plan.p, n, plan.seed, bsz):
+        zp = zo[idx]  # (B, N, Gb)
+        if plan.null == "values":
+            b, gb = idx.shape[0], zo.shape[1]
+            block = zp.transpose(1, 0, 2).reshape(n, b * gb)
+            lagp = (w @ block).reshape(n, b, gb).transpose(1, 0, 2)
+            nums = np.einsum("bij,bij->bj", zp, lagp)
+        else:
+            nums = np.einsum("bij,ij->bj", zp, lag_o)
+        out[start : start + idx.shape[0], cols] = scale * nums / ss[ok]
+    return out
+
+
+def _add_permutation_inference(res: MoranResult, sim: np.ndarray, keep_sim: bool) -> None:
+    """Fill the permutation fields of ``res`` from simulated I (P, G), esda's folded p_sim."""
+    p = sim.shape[0]
+    larger = (sim >= res.I).sum(axis=0).astype(np.float64)
     larger = np.minimum(larger, p - larger)
     p_sim = (larger + 1.0) / (p + 1.0)
-    p_sim[constant] = np.nan
+    p_sim[res.constant] = np.nan
     e_sim = sim.sum(axis=0) / p
     sd_sim = sim.std(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z_sim = (i_stat - e_sim) / sd_sim
+        z_sim = (res.I - e_sim) / sd_sim
     res.p_sim = p_sim
     res.expected_sim = e_sim
     res.var_sim = sd_sim**2
     res.z_sim = z_sim
     res.p_z_sim = _tail(z_sim, False)
     res.sim = sim if keep_sim else None
-    res.notes.update({"permutations": int(p), "null": null, "seed": int(seed), "p_sim": "directed"})
-    return res
 
 
 def _permutation_spec(permutations: int | np.ndarray, n: int) -> tuple[np.ndarray | None, int]:

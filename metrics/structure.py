@@ -12,7 +12,7 @@ Definitions follow FLAG spec section 5.3-5.5; Y is the (N, G) truth, Y^ the pred
   ``moran_abs_err`` = mean |I(Y^) - I(Y)|.
 - RVD (Stem): mean over genes of (Var Y^_g - Var Y_g)^2 / (Var Y_g)^2; a diagnostic, unranked.
 
-Degenerate input, consistent with the PCC convention of ``metrics.core``:
+Degenerate input, the convention and constancy rule (max - min == 0) of ``metrics.kernels``:
 - a gene constant in the truth is excluded and counted (``n_const_true``);
 - a gene constant in the prediction predicts no structure: its correlations with every other
   gene count as 0 in C^ and its Moran's I as 0 (per-gene ``moran_i_pred`` stays NaN, since I is
@@ -28,68 +28,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from flag_bench.errors import CellFailure
 from flag_bench.metrics.base import Metric, Output, Scores, SlideContext
-from flag_bench.metrics.moran import constant_columns, morans_i_values
+from flag_bench.metrics.kernels import (
+    centred_gram,
+    constant_columns,
+    correlation_score,
+    single_threaded,
+    validate_pair,
+)
+from flag_bench.metrics.moran import morans_i_values
 from flag_bench.metrics.spatial_weights import KNNWeights
 
 # the SSC neighbourhood unless a caller passes its own builder (stateless, so one instance serves all)
 DEFAULT_WEIGHTS = KNNWeights(6, symmetric=True, transform="R")
-
-
-def validate_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both (N, G) -> float64 copies; CellFailure for non-finite predictions, ValueError otherwise."""
-    yt = np.asarray(y_true, dtype=np.float64)
-    yp = np.asarray(y_pred, dtype=np.float64)
-    if yt.ndim != 2 or yt.shape != yp.shape:
-        raise ValueError(f"expected two (N, G) arrays of one shape, got {yt.shape} and {yp.shape}")
-    bad = int((~np.isfinite(yp)).sum())
-    if bad:
-        raise CellFailure(
-            f"prediction contains {bad} non-finite values (NaN/inf) out of {yp.size}; "
-            "structure metrics are not computed on a broken prediction"
-        )
-    bad_t = int((~np.isfinite(yt)).sum())
-    if bad_t:
-        raise ValueError(f"ground truth contains {bad_t} non-finite values")
-    return yt, yp
-
-
-def single_threaded():
-    """Context manager pinning BLAS/OpenMP pools to one thread for the duration of a metric.
-
-    The products here are small (a G x G Gram, k-means on (N, 30)); on a busy 2-core machine
-    oversubscribed OpenBLAS/OpenMP pools spin-wait and were measured 50-100x slower (an 800 x 800
-    eigendecomposition: 0.06 s with one thread, 5 s with two under load).
-    """
-    return threadpool_limits(limits=1)
-
-
-def correlation_score(truth: np.ndarray, pred: np.ndarray) -> tuple[float, str | None]:
-    """Pearson between two (M,) vectors under the no-credit convention -> (r, reason or None).
-
-    NaN (with a reason) when M < 2 or the truth vector is constant; 0 when only the prediction
-    is constant.
-    """
-    if truth.size < 2:
-        return float("nan"), f"needs at least 2 values, got {truth.size}"
-    dt = truth - truth.mean()
-    dp = pred - pred.mean()
-    st = np.sqrt(dt @ dt)
-    sp_ = np.sqrt(dp @ dp)
-    if st == 0 or np.ptp(truth) == 0:
-        return float("nan"), "the truth side is constant"
-    if sp_ == 0 or np.ptp(pred) == 0:
-        return 0.0, "the prediction side is constant (scored 0)"
-    return float(np.clip((dt @ dp) / (st * sp_), -1.0, 1.0)), None
-
-
-def centred_gram(x: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """x (N, G) -> (Z (N, G) centred columns in ``dtype``, Z'Z (G, G)); one BLAS product."""
-    z = np.asarray(x - x.mean(axis=0), dtype=dtype)
-    return z, z.T @ z
 
 
 def gene_correlation(x: np.ndarray, constant: np.ndarray | None = None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Build the package data behind ``flag_bench.methods.gene_embeddings``.
+"""Build the package data behind ``flag_bench.methods.flag.gene_tables``.
 
 Writes into ``methods/data/``:
 

@@ -32,9 +32,8 @@ def make_views(n_train_slides=3, n_test_slides=1, n_spots=48, n_genes=12, emb_di
         mu = np.exp(1.0 + 0.5 * h @ load / np.sqrt(4))
         counts = rng.poisson(mu).astype(np.int32)
         emb = (h @ proj + 0.3 * rng.normal(size=(n_spots, emb_dim))).astype(np.float32)
-        tiles = lambda: np.zeros((n_spots, 32, 32, 3), dtype=np.uint8)
         base = dict(slide_id=f"S{i}", patient=f"P{i}", barcodes=np.array([f"b{j}" for j in range(n_spots)]),
-                    coords_um=coords, embeddings=emb, tiles=tiles, spot_diameter_um=55.0)
+                    coords_um=coords, embeddings=emb, image=None, spot_diameter_um=55.0)
         return base, counts
 
     genes = tuple(f"G{g}" for g in range(n_genes))

@@ -43,7 +43,7 @@ def test_help_and_list():
     (["--genes", "abc"], ["--genes abc"]),
     (["--panel", "hmvg"], ["did you mean 'hmhvg'"]),
     (["--device", "cuda"], ["no CUDA device"]),
-    (["--split", "random"], ["unknown scheme"]),
+    (["--split", "random"], ["--split random: unknown"]),
     (["--datasets", "synthetic:n_slidez=3"], ["n_slidez"]),
 ])
 def test_bad_run_input_is_one_line_exit_2(tmp_path, args, fragments):
@@ -75,10 +75,10 @@ def test_run_then_report_formats(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["report", "--results-dir", rd, "--format", "markdown"])
     assert res.exit_code == 0, res.output
-    assert "| 5 | ridge |" in res.output and "Gene-Dimension-Curse" in res.output
-    assert "protocol p1: target log1p" in res.output
+    assert "| 5 | ridge (tiny) |" in res.stdout and "Gene-Dimension-Curse" in res.stdout
+    assert "protocol p2: target log1p" in res.stdout
     res = runner.invoke(app, ["report", "--results-dir", rd, "--format", "csv", "--source", "store"])
-    lines = res.output.strip().splitlines()
+    lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("dataset,n_genes,method") and len(lines) == 5
     res = runner.invoke(app, ["report", "--results-dir", rd])
     assert res.exit_code == 0 and "ridge" in res.output

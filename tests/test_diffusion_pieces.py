@@ -1,5 +1,5 @@
-"""Unit tests of the shared diffusion pieces: DiT, VE-SDE loss, samplers, EMA, training loop,
-window batching."""
+"""Unit tests of the shared diffusion pieces (methods/common): DiT, VE-SDE loss, samplers, EMA,
+window batching. The training loop: test_common_training.py."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from flag_bench.errors import CellFailure
-from flag_bench.methods.diffusion.dit import GeneDiT, TokenProjector, auto_genes_per_token
-from flag_bench.methods.diffusion.ema import EMA
-from flag_bench.methods.diffusion.inputs import EmbeddingNormalizer
-from flag_bench.methods.diffusion.sampler import ddpm_ancestral, heun_pf_ode
-from flag_bench.methods.diffusion.sde import VESDE, GaussianDiffusion, dsm_loss, linear_betas, masked_mean
-from flag_bench.methods.diffusion import training
+from flag_bench.methods.common.dit import GeneDiT, TokenProjector, auto_genes_per_token
+from flag_bench.methods.common.ema import EMA
+from flag_bench.methods.common.inputs import EmbeddingNormalizer
+from flag_bench.methods.common.samplers import ddpm_ancestral, heun_pf_ode
+from flag_bench.methods.common.sde import VESDE, GaussianDiffusion, dsm_loss, linear_betas, masked_mean
 
 
 # ------------------------------------------------------------------------------------- DiT
@@ -174,63 +172,29 @@ def test_ema_update_is_exact():
         EMA(model, decay=1.0)
 
 
-# ------------------------------------------------------------------------------- training
-class _Fake:
-    class card:
-        name = "fake-method"
-
-    def track(self, it, total, desc):
-        return iter(it)
-
-
-def test_training_loop_reduces_a_loss_and_picks_the_best_validation():
-    torch.manual_seed(0)
-    model = torch.nn.Linear(1, 1)
-    x = torch.linspace(-1, 1, 32)[:, None]
-    y = 3 * x + 1
-
-    def micro(step, micro):
-        return ((model(x) - y) ** 2).mean(), {}
-
-    scores = iter([0.1, 0.5, 0.2, 0.1, 0.0])
-    settings = training.LoopSettings(steps=50, lr=0.1, ema_decay=0.5, eval_every=10, patience=3)
-    ema_model, summary = training.train(_Fake(), model, micro, settings, validate=lambda m: next(scores))
-    assert summary["best_val_step"] == 20 and summary["early_stopped"] and summary["optimizer_steps"] == 50
-    assert summary["final_loss"] < 5.0
-
-
-def test_training_loop_fails_the_cell_on_nan_naming_method_and_step():
-    model = torch.nn.Linear(1, 1)
-
-    def micro(step, micro):
-        loss = model(torch.ones(1, 1)).sum()
-        return (loss * float("nan") if step == 3 else loss), {}
-
-    with pytest.raises(CellFailure, match=r"fake-method.*step 3"):
-        training.train(_Fake(), model, micro, training.LoopSettings(steps=10, lr=0.01))
-
-
 # ------------------------------------------------------------------------ inputs/batching
 def test_window_batching_covers_every_spot_exactly_once():
-    from flag_bench.methods.diffusion.edges import windows
+    from flag_bench.methods.common.batching import WindowedSlide, collate
+    from flag_bench.methods.common.windows import windows
 
     rng = np.random.default_rng(0)
     coords = rng.uniform(0, 3000, size=(500, 2))
     wins = windows(coords, 1024.0, max_spots=40)
     allidx = np.concatenate(wins)
     assert sorted(allidx.tolist()) == list(range(500))
-    # FLAG's own batching: every spot lands in exactly one padded slot, with its own values
-    from flag_bench.methods.flag import _collate, _Slide
-
+    # every spot lands in exactly one padded slot, with its own values
     vals = torch.arange(500.0)[:, None]
-    slide = _Slide(x0=vals, cond=vals, windows=wins, cond_e=[torch.ones(len(w), len(w), 2) for w in wins])
-    batch = _collate([slide], [(0, w) for w in range(len(wins))], "cpu", with_targets=True)
+    slide = WindowedSlide({"cond": vals, "x0": vals, "extra": vals}, wins,
+                          [torch.ones(len(w), len(w), 2) for w in wins])
+    batch = collate([slide], [(0, w) for w in range(len(wins))], "cpu", padded=("cond", "x0"), packed=("extra",))
     assert int(batch.mask.sum()) == 500
-    assert sorted(batch.cond_v[..., 0][batch.mask].tolist()) == list(range(500))
-    assert sorted(batch.x0[..., 0][batch.mask].tolist()) == list(range(500))
-    assert torch.count_nonzero(batch.x0[~batch.mask]) == 0
+    assert sorted(batch.padded["cond"][..., 0][batch.mask].tolist()) == list(range(500))
+    assert sorted(batch.padded["x0"][..., 0][batch.mask].tolist()) == list(range(500))
+    assert torch.count_nonzero(batch.padded["x0"][~batch.mask]) == 0
+    # packed fields hold the valid spots in mask order
+    torch.testing.assert_close(batch.packed["extra"], batch.padded["x0"][batch.mask])
     # padded pairs carry no edge condition
-    assert float(batch.cond_e.sum()) == 2 * sum(len(w) ** 2 for w in wins)
+    assert float(batch.pairs.sum()) == 2 * sum(len(w) ** 2 for w in wins)
     assert [sorted(i.tolist()) for _, i in batch.where] == [sorted(w.tolist()) for w in wins]
 
 
@@ -242,8 +206,9 @@ def test_embedding_normalizer_uses_training_statistics_only():
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
     shifted = norm(train + 100.0)  # a test slide's statistics never enter
     assert shifted.mean() > 40
-    pca = EmbeddingNormalizer(train, n_components=3)
+    pca = EmbeddingNormalizer(train, n_components=3, whiten=True)
     assert pca(train).shape == (200, 3) and pca.dim == 3
+    np.testing.assert_allclose(pca(train).std(0, ddof=1), 1.0, rtol=1e-5)  # whitened components
 
 
 def test_genes_per_token_cap_wins_over_token_budget():
@@ -251,3 +216,22 @@ def test_genes_per_token_cap_wins_over_token_budget():
     assert auto_genes_per_token(800, 16, 8) == 8  # 100 tokens
     assert auto_genes_per_token(50, 16, 8) == 4
     assert auto_genes_per_token(10, None, 8) == 1
+
+
+@pytest.mark.parametrize("layout", ["single", "whole"])
+def test_spot_and_slide_windows_scatter_back_to_every_spot(layout):
+    from flag_bench.methods.common.batching import WindowedSlide, all_picks, collate, scatter_windows
+    from flag_bench.methods.common.windows import single_spot_windows, whole_slide_window
+
+    sizes = (7, 3)
+    make = single_spot_windows if layout == "single" else whole_slide_window
+    slides = [WindowedSlide({"cond": torch.arange(float(n))[:, None] + 100 * s}, make(n)) for s, n in enumerate(sizes)]
+    picks = all_picks(slides)
+    assert len(picks) == (sum(sizes) if layout == "single" else len(sizes))
+    batch = collate(slides, picks, "cpu", padded=("cond",))
+    assert batch.pairs is None and batch.mask.shape == (len(picks), 1 if layout == "single" else max(sizes))
+    out = [np.full((n, 1), np.nan, dtype=np.float32) for n in sizes]
+    scatter_windows(batch.padded["cond"].numpy(), batch.where, out)
+    for s, n in enumerate(sizes):
+        np.testing.assert_array_equal(out[s][:, 0], np.arange(n) + 100 * s)
+    assert whole_slide_window(0) == [] and single_spot_windows(0) == []

@@ -69,37 +69,36 @@ class _Counting(ColorStats):
 
 @pytest.fixture
 def counting():
-    ENCODERS.register("counting-color", _Counting)
     _Counting.calls = 0
+    embed_cache.clear_memo()
     yield _Counting
-    ENCODERS.unregister("counting-color")
     embed_cache.clear_memo()
 
 
 def test_cache_miss_then_hit_memo_and_disk(tmp_path, small_ds, counting):
     patch = PatchSpec(112, 32)
-    a = embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path)
+    a = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
     assert a.shape == (20, ColorStats.dim) and a.dtype == np.float32 and not a.flags.writeable
     files = list((tmp_path / "embeddings").glob("*.npy"))
     assert len(files) == 1 and not list((tmp_path / "embeddings").glob("*.tmp"))
     assert counting.calls == 1
     # memo hit
-    assert embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path) is a
+    assert embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path) is a
     # disk hit (memo cleared, as in a new process)
     embed_cache.clear_memo()
-    b = embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path)
+    b = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 1 and np.array_equal(a, b)
     # anything in the key changes the file: slide, patch, dataset version
-    embed_cache.get_embeddings(small_ds, "S02", "counting-color", patch, cache_dir=tmp_path)
-    embed_cache.get_embeddings(small_ds, "S01", "counting-color", PatchSpec(112, 24), cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S02", _Counting(), patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S01", _Counting(), PatchSpec(112, 24), cache_dir=tmp_path)
     other = synthetic.load(n_slides=2, spots_per_slide=20, n_genes=10, seed=6)
-    embed_cache.get_embeddings(other, "S01", "counting-color", patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(other, "S01", _Counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 4 and len(list((tmp_path / "embeddings").glob("*.npy"))) == 4
 
 
 def test_corrupt_cache_file_is_recomputed_with_warning(tmp_path, small_ds, counting):
     patch = PatchSpec(112, 32)
-    a = embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path).copy()
+    a = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path).copy()
     (path,) = (tmp_path / "embeddings").glob("*.npy")
     for junk in (b"not a numpy file", None):
         embed_cache.clear_memo()
@@ -108,20 +107,20 @@ def test_corrupt_cache_file_is_recomputed_with_warning(tmp_path, small_ds, count
         else:
             path.write_bytes(junk)
         with pytest.warns(UserWarning, match=path.name):
-            b = embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path)
+            b = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
         assert np.array_equal(a, b)
     # the recomputed file is valid again
     embed_cache.clear_memo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        embed_cache.get_embeddings(small_ds, "S01", "counting-color", patch, cache_dir=tmp_path)
+        embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 3
 
 
 def test_cache_dir_from_environment(tmp_path, small_ds, monkeypatch):
     monkeypatch.setenv("FLAG_BENCH_CACHE", str(tmp_path / "envcache"))
     embed_cache.clear_memo()
-    embed_cache.get_embeddings(small_ds, "S02", "color-stats", PatchSpec(112, 16))
+    embed_cache.get_embeddings(small_ds, "S02", ColorStats(), PatchSpec(112, 16))
     assert len(list((tmp_path / "envcache" / "embeddings").glob("*.npy"))) == 1
     embed_cache.clear_memo()
 
@@ -131,10 +130,33 @@ def test_cache_reused_across_processes(tmp_path):
         "import sys; from flag_bench.datasets import synthetic, embed_cache;"
         "from flag_bench.datasets.base import PatchSpec;"
         "ds = synthetic.load(n_slides=1, spots_per_slide=10, n_genes=5);"
-        "e = embed_cache.get_embeddings(ds, 'S01', 'color-stats', PatchSpec(112, 16), cache_dir=sys.argv[1]);"
+        "from flag_bench.datasets.encoders import ColorStats;"
+        "e = embed_cache.get_embeddings(ds, 'S01', ColorStats(), PatchSpec(112, 16), cache_dir=sys.argv[1]);"
         "import os; print(os.stat(next((__import__('pathlib').Path(sys.argv[1]) / 'embeddings').glob('*.npy'))).st_mtime_ns)"
     )
     run = lambda: subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                                  check=True, env={**os.environ}).stdout.strip()
     first, second = run(), run()
     assert first == second  # the second process read the file and did not rewrite it
+
+
+def test_cache_writes_through_the_one_atomic_writer(tmp_path, small_ds, counting, monkeypatch):
+    from flag_bench import io
+
+    written = []
+
+    def spy(path, writer):
+        written.append(path)
+        return io.atomic_write(path, writer)
+
+    monkeypatch.setattr(embed_cache, "atomic_write", spy)
+    ref = embed_cache.SlideRef.of(small_ds, "S01")
+    patch = PatchSpec(112, 32)
+    assert not embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
+    assert written == [embed_cache.cache_path(ref, _Counting(), patch, cache_dir=tmp_path)]
+    assert sorted(p.name for p in written[0].parent.iterdir()) == [written[0].name]  # no temp file left
+    embed_cache.clear_memo()
+    assert embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)
+    np.save(written[0], np.zeros((3, 3), np.float32))  # wrong shape: a miss
+    assert not embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)

@@ -40,6 +40,6 @@ def test_diffusion_sweep_logs_curves_and_reports_metric_vs_g(tmp_path):
     assert res.exit_code == 0, res.output
     curve = res.output[res.output.index("Gene-Dimension-Curse"):]
     header = next(line for line in curve.splitlines() if line.startswith("|"))
-    assert all(f" {g} " in header for g in GENES), header
+    assert all(f"G={g} " in header for g in GENES), header
     for method in METHODS:
-        assert any(line.startswith(f"| {method} |") for line in curve.splitlines()), curve
+        assert any(line.startswith(f"| {method} (tiny) |") for line in curve.splitlines()), curve

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from flag_bench.errors import UserError
-from flag_bench.methods import gene_embeddings as ge
-from flag_bench.methods.gene_embeddings import (
-    GeneformerProvider, get_provider, geneformer_v1_dictionaries, normalised_ranks, read_gene_table,
-)
+from flag_bench.methods.flag import gene_tables
+from flag_bench.methods.flag.gene_embeddings import PROVIDERS, get_provider, normalised_ranks
+from flag_bench.methods.flag.gene_tables import read_gene_table
+from flag_bench.methods.flag.geneformer import GeneformerProvider, geneformer_v1_dictionaries
 
 # ---------------------------------------------------------------------------------- geneformer
 D = geneformer_v1_dictionaries()
@@ -194,12 +194,12 @@ def test_her2st_expr_loads_from_package_only(monkeypatch):
 
     monkeypatch.setattr(builtins, "open", guarded)
     monkeypatch.setattr(io, "open", guarded)
-    ge.her2st_expr_table.cache_clear()
+    gene_tables.her2st_expr_table.cache_clear()
     try:
         p = get_provider()  # the default
         n, missing = p.coverage(BREAST_GENES)
     finally:
-        ge.her2st_expr_table.cache_clear()
+        gene_tables.her2st_expr_table.cache_clear()
     assert p.name == "her2st-expr"
     assert n / len(BREAST_GENES) >= 0.95, missing
     d = p.describe()
@@ -244,3 +244,20 @@ def test_get_provider_errors():
         get_provider("her2st-expr", dimension=3)
     with pytest.raises(UserError, match="rank_dim"):
         get_provider("her2st-expr", rank_dim=3)
+
+
+def test_providers_are_a_registry_and_a_provider_type_error_is_not_an_option_error():
+    assert {"her2st-expr", "geneformer", "table"} <= set(PROVIDERS.names())
+
+    class Broken(gene_tables.Her2stExprProvider):
+        def __init__(self, rank_dim: int = 16):
+            raise TypeError("unexpected keyword inside the provider")  # a bug, not a bad option
+
+    PROVIDERS.register("broken-test", Broken)
+    try:
+        with pytest.raises(TypeError, match="inside the provider"):
+            get_provider("broken-test", rank_dim=8)
+        with pytest.raises(UserError, match="bad options"):
+            get_provider("broken-test", nope=1)
+    finally:
+        PROVIDERS.unregister("broken-test")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flag_bench.methods.diffusion.edges import spot_pcc, static_edge_conditions, windows
-from flag_bench.methods.diffusion.graph_encoder import GraphEncoder, GraphEncoderConfig
+from flag_bench.methods.common.windows import windows
+from flag_bench.methods.flag.edges import spot_pcc, static_edge_conditions
+from flag_bench.methods.flag.graph_encoder import GraphEncoder, GraphEncoderConfig
 
 G, DC = 12, 10
 

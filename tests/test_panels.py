@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from flag_bench.datasets.panels import HMHVG, HVG, FilePanel, make_selector
+from flag_bench.catalog import PANELS
+from flag_bench.datasets.panels import HMHVG, HVG, FilePanel, make_selector, selector_key
 from flag_bench.errors import UserError
+from flag_bench.spec import PanelSpec
 
 
 def _counts(seed, n=120, g=300):
@@ -63,6 +65,18 @@ def test_hvg_and_file_panels(tmp_path):
     with pytest.raises(UserError, match="NOPE"):
         FilePanel(str(f)).fit([_counts(1)], GENES, 2, train_slides=("a",), dataset_version="v")
     with pytest.raises(UserError, match="no such file"):
-        make_selector(f"file:{tmp_path / 'missing.txt'}")
+        make_selector(PanelSpec.parse(f"file:{tmp_path / 'missing.txt'}"), FilePanel)
+    # the caller resolves the class; an unknown name fails there, with a suggestion
     with pytest.raises(UserError, match="did you mean 'hmhvg'"):
-        make_selector("hmhv")
+        PANELS.check("hmhv")
+
+
+def test_make_selector_takes_the_resolved_class(tmp_path):
+    f = tmp_path / "genes.txt"
+    f.write_text("G1\nG2\n")
+    sel = make_selector(PanelSpec.parse(f"file:{f}"), PANELS.get("file"))
+    assert isinstance(sel, FilePanel) and sel.params["path"] == str(f)
+    assert isinstance(make_selector(PanelSpec("hmhvg"), HMHVG), HMHVG)
+    # memo keys: the same selector with the same parameters, the same key
+    assert selector_key(HMHVG()) == selector_key(make_selector(PanelSpec("hmhvg"), HMHVG))
+    assert selector_key(HMHVG(n_top_hvg=100)) != selector_key(HMHVG())

@@ -1,5 +1,6 @@
-"""Spot graphs for FLAG: window partition (flag-spec §1.5), static edge conditions (§2.2) and
-the spot–spot gene correlation used as the edge target / consistency reference (§2.3).
+"""FLAG's spot graphs: static edge conditions (flag-spec §2.2) and the spot–spot gene correlation
+used as the edge target / consistency reference (§2.3). The window partition (§1.5) is the
+generic one in ``common.windows``.
 
 Units. The reference works in full-resolution pixels: 2048-px windows and σ_dist = 224 px
 ("112·2, default patch 224"). The harness works in micrometres so that slides with different
@@ -14,15 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flag_bench.methods.common.windows import pair_mask
+
 DEFAULT_SIGMA_UM = 112.0  # 224 px × 0.5 µm/px
-DEFAULT_WINDOW_UM = 1024.0  # 2048 px × 0.5 µm/px
-
-
-def pair_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, N) bool -> (B, N, N) bool: both ends valid and i != j."""
-    m = mask.bool()
-    eye = torch.eye(m.shape[1], dtype=torch.bool, device=m.device)
-    return m[:, :, None] & m[:, None, :] & ~eye
 
 
 def static_edge_conditions(coords_um, cond_v, sigma_um: float = DEFAULT_SIGMA_UM) -> torch.Tensor:
@@ -71,51 +66,3 @@ def spot_pcc(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     pcc = 0.5 * (pcc + pcc.transpose(1, 2))
     keep = pair_mask(torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask)
     return (pcc * keep.to(pcc.dtype))[..., None]
-
-
-def _sort_in_window(coords: np.ndarray, idx: np.ndarray, size: float) -> np.ndarray:
-    # the reference orders a window's spots by x·window + y (x-major)
-    key = coords[idx, 0] * size + coords[idx, 1]
-    return idx[np.argsort(key, kind="stable")]
-
-
-def _split(coords: np.ndarray, idx: np.ndarray, max_spots: int) -> list[np.ndarray]:
-    """Bisect along the longer side at the median until every part has ≤ max_spots spots."""
-    if len(idx) <= max_spots:
-        return [idx]
-    pts = coords[idx]
-    axis = int(np.ptp(pts[:, 1]) > np.ptp(pts[:, 0]))
-    order = np.lexsort((pts[:, 1 - axis], pts[:, axis]))  # ties broken by the other axis
-    half = len(idx) // 2
-    return _split(coords, idx[order[:half]], max_spots) + _split(coords, idx[order[half:]], max_spots)
-
-
-def windows(coords_um, size_um: float = DEFAULT_WINDOW_UM, max_spots: int | None = None) -> list[np.ndarray]:
-    """Non-overlapping square tiles of side ``size_um`` on a grid anchored at 0 (as the
-    reference's pixel grid), x-major tile order, empty tiles skipped, spots sorted inside a tile
-    by x·size + y. Every spot lands in exactly one window.
-
-    coords_um : (N, 2) µm. max_spots : if set, tiles with more spots are split by recursive
-    median bisection (deterministic), which bounds the O(N²) attention memory on dense slides.
-    Returns a list of int64 index arrays into ``coords_um``.
-    """
-    c = np.asarray(coords_um, dtype=np.float64)
-    if c.ndim != 2 or c.shape[1] != 2:
-        raise ValueError(f"coords must be (N, 2), got {c.shape}")
-    if not np.isfinite(c).all():
-        raise ValueError("coords contain NaN or inf")
-    if size_um <= 0:
-        raise ValueError(f"size_um must be > 0, got {size_um}")
-    if max_spots is not None and max_spots < 1:
-        raise ValueError(f"max_spots must be >= 1, got {max_spots}")
-    if len(c) == 0:
-        return []
-    tile = np.floor(c / size_um).astype(np.int64)
-    order = np.lexsort((tile[:, 1], tile[:, 0]))
-    keys = tile[order]
-    starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
-    out = []
-    for idx in np.split(order, starts[1:]):
-        parts = [idx] if max_spots is None else _split(c, np.sort(idx), max_spots)
-        out.extend(_sort_in_window(c, p, size_um).astype(np.int64) for p in parts)
-    return out

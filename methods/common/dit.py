@@ -28,7 +28,6 @@ def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.T
     return emb
 
 
-
 def xavier_linears(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every Linear in ``module`` (the reference's
     whole-model init, flag-spec §3.3); callers re-zero their adaLN/output heads afterwards."""
@@ -37,6 +36,7 @@ def xavier_linears(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
 
 class TimestepEmbedder(nn.Module):
     """Sinusoid of ``t * scale`` -> Linear -> SiLU -> Linear.

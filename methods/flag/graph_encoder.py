@@ -15,8 +15,8 @@ materialises a handful of (B·H, N, N, head_dim) = (B, N, N, C) tensors (score, 
 modulations, attention weights) plus the edge stream itself. For C = 64 and N = 80 one such
 tensor is 80·80·64·4 B = 1.6 MB per window, so CPU windows of 50–80 spots are cheap; at the
 paper size C = 384 it is ~10 MB per tensor and roughly 0.1 GB of saved activations per block
-for backward at N = 80. Memory grows as N², which is why ``edges.windows`` can cap spots per
-window.
+for backward at N = 80. Memory grows as N², which is why ``common.windows.windows`` can cap
+spots per window.
 
 Padded spots (mask False) never influence real spots: their pairs are -inf in the score,
 their values are zeroed, masked means skip them, and their outputs are zero.
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flag_bench.methods.diffusion.edges import pair_mask
+from flag_bench.methods.common.windows import pair_mask
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ class GraphEncoder(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        from flag_bench.methods.diffusion.dit import xavier_linears
+        from flag_bench.methods.common.dit import xavier_linears
 
         xavier_linears(self)
         for blk in self.blocks:

@@ -1,0 +1,204 @@
+"""Fold building: a typed ``FoldSpec`` in; train / val / test views, the truths and the panel out.
+
+The panel, like every statistic the protocol fits, belongs to the fold: it is fitted once on all
+of the fold's non-test slides (train and val together) and is the same for every method, so a
+method that carves a validation slide from its training slides is scored on the same genes as
+the others. A builder serves one dataset and memoises panels and per-slide panel expression, so
+a worker that runs many cells of a fold pays for them once.
+
+Embeddings are computed before cells run (``prepare_embeddings``, in the driver), so workers
+only read the cache and two workers never encode the same slide at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
+from flag_bench.datasets.embed_cache import SlideRef, get_embeddings, is_cached
+from flag_bench.datasets.encoders import Encoder
+from flag_bench.datasets.image import EncoderSource, SlideImage
+from flag_bench.datasets.panels import GenePanel, PanelSelector, selector_key
+from flag_bench.datasets.splits import Fold
+from flag_bench.datasets.views import SlideInput, TestData, TrainData, TrainSlide
+from flag_bench.errors import UserError
+from flag_bench.spec import PanelSpec, TargetTransform
+
+# (float64 counts (N, G), float64 library (N,)) -> float64 targets; library = the spot's total
+# over the whole candidate pool, so CPM does not depend on which genes the panel kept
+TARGET_TRANSFORMS: Mapping[TargetTransform, Callable[[np.ndarray, np.ndarray], np.ndarray]] = MappingProxyType({
+    TargetTransform.LOG1P: lambda c, library: np.log1p(c),
+    TargetTransform.LOG2P1: lambda c, library: np.log2(1.0 + c),  # FLAG's and Stem's log2(1 + count)
+    TargetTransform.LOG1P_CPM: lambda c, library: np.log1p(c / np.maximum(library, 1.0)[:, None] * 1e6),
+})
+
+
+def transform_counts(counts: np.ndarray, library: np.ndarray, how: TargetTransform | str) -> np.ndarray:
+    """Raw counts (N, G) -> float32 targets, computed in float64. ``library`` is (N,)."""
+    table = TARGET_TRANSFORMS[TargetTransform(how)]
+    return table(counts.astype(np.float64), np.asarray(library, dtype=np.float64)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """What a cell's data depends on, beyond the dataset and the protocol patch. Picklable."""
+
+    panel: PanelSpec
+    n_genes: int
+    fold: Fold
+    target_transform: TargetTransform
+
+
+@dataclass(frozen=True, eq=False)
+class FoldViews:
+    """A cell's data. ``truths`` and ``annotations`` follow ``test.slides``; they are for scoring
+    and never reach a method."""
+
+    train: TrainData
+    val: TrainData | None
+    test: TestData
+    truths: tuple[np.ndarray, ...]  # (n_spots, G) float32 targets, read-only
+    annotations: tuple[np.ndarray | None, ...]  # the test slides' meta['annotations']
+    panel: GenePanel
+
+
+class FoldBuilder:
+    """Builds the views of one dataset's folds; memoises panels and per-slide expression."""
+
+    def __init__(
+        self,
+        ds: SpatialDataset,
+        *,
+        patch: PatchSpec,
+        encoder: Encoder | None,
+        device: str,
+        cache_dir: str | None,
+        encoder_resolver: Callable[[str], Encoder] | None = None,
+    ):
+        self.ds = ds
+        self.patch = patch
+        self.encoder = encoder
+        self.device = device
+        self.cache_dir = cache_dir
+        self._encoders = EncoderSource(encoder, encoder_resolver)
+        self._panels: dict[tuple, GenePanel] = {}
+        self._expression: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._library: dict[str, np.ndarray] = {}
+
+    def panel(self, spec: FoldSpec, selector: PanelSelector) -> GenePanel:
+        """The fold's panel: fitted on every non-test slide, in dataset order, once."""
+        if selector.name != spec.panel.kind:
+            raise ValueError(f"selector '{selector.name}' does not implement panel spec '{spec.panel}'")
+        wanted = set(spec.fold.non_test)
+        non_test = tuple(s for s in self.ds.slide_ids if s in wanted)
+        if len(non_test) != len(wanted):
+            unknown = sorted(wanted - set(non_test))
+            raise UserError(f"fold '{spec.fold.name}': slide(s) {', '.join(unknown)} not in dataset {self.ds.name}")
+        key = (selector_key(selector), int(spec.n_genes), tuple(sorted(non_test)))
+        if key not in self._panels:
+            self._panels[key] = selector.fit(
+                [self.ds.slide(s).counts for s in non_test], self.ds.genes, int(spec.n_genes),
+                train_slides=non_test, dataset_version=self.ds.version,
+            )
+        return self._panels[key]
+
+    def build(self, spec: FoldSpec, selector: PanelSelector, *, embeddings: bool) -> FoldViews:
+        """Views of ``spec.fold`` on the fold's panel; ``embeddings`` fills SlideInput.embeddings
+        with the run encoder's (cached) embeddings of the protocol patches."""
+        panel = self.panel(spec, selector)
+        how = TargetTransform(spec.target_transform)
+        common = dict(genes=panel.genes, gene_ids=tuple(self.ds.gene_ids[i] for i in panel.index),
+                      target_transform=how.value, dataset=self.ds.name)
+
+        def train_data(ids: Sequence[str]) -> TrainData:
+            slides = []
+            for sid in ids:
+                counts, targets = self._slide_expression(panel, sid, how)
+                slides.append(TrainSlide(**self._inputs(sid, embeddings), targets=targets, counts=counts))
+            return TrainData(**common, slides=tuple(slides))
+
+        fold = spec.fold
+        test = TestData(**common, slides=tuple(SlideInput(**self._inputs(s, embeddings)) for s in fold.test))
+        return FoldViews(
+            train=train_data(fold.train),
+            val=train_data(fold.val) if fold.val else None,
+            test=test,
+            truths=tuple(self._slide_expression(panel, s, how)[1] for s in fold.test),
+            annotations=tuple(self.ds.slide(s).meta.get("annotations") for s in fold.test),
+            panel=panel,
+        )
+
+    def _slide_expression(self, panel: GenePanel, sid: str, how: TargetTransform) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only (int32 panel counts, float32 targets) of one slide, memoised."""
+        key = (panel.index, sid, how)
+        if key not in self._expression:
+            s = self.ds.slide(sid)
+            counts = s.counts[:, np.asarray(panel.index)].toarray().astype(np.int32)
+            targets = transform_counts(counts, self._library_of(s), how)
+            counts.setflags(write=False)
+            targets.setflags(write=False)
+            self._expression[key] = (counts, targets)
+        return self._expression[key]
+
+    def _library_of(self, s: Slide) -> np.ndarray:
+        if s.id not in self._library:
+            self._library[s.id] = np.asarray(s.counts.sum(axis=1)).ravel()
+        return self._library[s.id]
+
+    def _inputs(self, sid: str, embeddings: bool) -> dict:
+        """SlideInput fields. Only copies and image access leave here: never the Slide itself,
+        nor a closure over it or over this builder (which holds every slide's counts)."""
+        s = self.ds.slide(sid)
+        return dict(
+            slide_id=sid, patient=s.patient, barcodes=np.asarray(s.barcodes),
+            coords_um=np.asarray(s.coords_um, dtype=np.float32),
+            embeddings=self._embeddings(sid) if embeddings else None,
+            image=self._image(s), spot_diameter_um=float(s.spot_diameter_um),
+        )
+
+    def _image(self, s: Slide) -> SlideImage | None:
+        if s.tile_reader is None:
+            return None
+        return SlideImage(ref=SlideRef(self.ds.name, self.ds.version, s.id, s.n_spots), reader=s.tile_reader,
+                          coords_um=s.coords_um, patch=self.patch, encoders=self._encoders,
+                          device=self.device, cache_dir=self.cache_dir)
+
+    def _embeddings(self, sid: str) -> np.ndarray:
+        if self.encoder is None:
+            raise UserError(f"dataset {self.ds.name}: a method needs embeddings but the run has no encoder")
+        if self.ds.slide(sid).tile_reader is None:
+            raise UserError(f"dataset {self.ds.name} has no images (slide {sid}); it cannot serve embeddings")
+        return get_embeddings(self.ds, sid, self.encoder, self.patch, device=self.device, cache_dir=self.cache_dir)
+
+
+def prepare_embeddings(
+    ds: SpatialDataset,
+    slide_ids: Sequence[str],
+    encoder: Encoder,
+    patch: PatchSpec,
+    *,
+    device: str,
+    cache_dir: str | None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> float:
+    """Encode every listed slide the disk cache lacks, once; return the seconds spent encoding.
+
+    ``on_progress(done, total)`` counts slides to encode, from (0, total).
+    """
+    todo = [sid for sid in dict.fromkeys(slide_ids)
+            if not is_cached(SlideRef.of(ds, sid), encoder, patch, device=device, cache_dir=cache_dir)]
+    if on_progress is not None:
+        on_progress(0, len(todo))
+    spent = 0.0
+    for done, sid in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        get_embeddings(ds, sid, encoder, patch, device=device, cache_dir=cache_dir)
+        spent += time.perf_counter() - t0
+        if on_progress is not None:
+            on_progress(done, len(todo))
+    return spent

@@ -1,0 +1,175 @@
+"""One grid cell as a pure function: ``run_cell(task, on_event) -> CellRecord``.
+
+No runner, no terminal, no results store: the cell loads its data (memoised per process, so a
+worker that computes many cells of one fold pays once), fits, predicts, scores, writes its
+artifacts under the task's artifact folder and returns the record. The driver alone writes
+records and MLflow. Progress leaves as events: ``on_event(kind, payload)`` with kinds
+"stage", "task_start", "advance" and "task_end" (payloads are plain, picklable dicts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from flag_bench.errors import CellFailure, UserError
+from flag_bench.plan import CellTask, load_dataset
+from flag_bench.record import CellRecord, ErrorInfo, MethodInfo, PanelInfo, jsonable
+
+EventSink = Callable[[str, dict], None]
+
+_BUILDERS: dict[tuple, Any] = {}
+_KEYS = itertools.count()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def fold_builder(task: CellTask):
+    """One FoldBuilder per (dataset, patch, encoder, device, cache) in this process."""
+    from flag_bench.catalog import ENCODERS
+    from flag_bench.datasets.fold import FoldBuilder
+
+    key = (task.dataset.key, task.patch, task.encoder, task.device, task.cache_dir)
+    if key not in _BUILDERS:
+        def resolve(name: str):
+            return ENCODERS.get(ENCODERS.check(name))()
+
+        _BUILDERS[key] = FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=resolve(task.encoder),
+                                     device=task.device, cache_dir=task.cache_dir, encoder_resolver=resolve)
+    return _BUILDERS[key]
+
+
+def progress_hook(on_event: EventSink, cell_id: str):
+    """The Method.progress_hook protocol, speaking events."""
+
+    @contextlib.contextmanager
+    def hook(total: int, description: str):
+        key = f"{cell_id}:{next(_KEYS)}"
+        on_event("task_start", {"key": key, "total": int(total), "description": description})
+        try:
+            yield lambda n=1: on_event("advance", {"key": key, "n": int(n)})
+        finally:
+            on_event("task_end", {"key": key})
+
+    return hook
+
+
+def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
+    from flag_bench.measure import PeakRSS, sync
+    from flag_bench.methods.base import seed_everything
+
+    seed_everything(task.cell.seed)
+    method = task.method_cls(task.config, seed=task.cell.seed, device=task.device)
+    method.progress_hook = progress_hook(on_event, task.cell.cell_id)
+    cuda = task.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as mem:
+        t1 = time.perf_counter()
+        method.fit(views.train, views.val)
+        sync(task.device)
+        t2 = time.perf_counter()
+        stage[0] = "predict"
+        on_event("stage", {"cell_id": task.cell.cell_id, "stage": "predict"})
+        preds = method.predict(views.test)
+        sync(task.device)
+        t3 = time.perf_counter()
+    costs = {"fit_seconds": t2 - t1, "predict_seconds": t3 - t2, "peak_rss_mb": mem.peak_mb,
+             "n_parameters": method.n_parameters()}
+    if cuda:
+        import torch
+
+        costs["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return method, preds, costs
+
+
+def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str, Any]:
+    from flag_bench.artifacts import write_artifacts
+    from flag_bench.scoring import check_predictions, score_cell
+
+    t0 = time.perf_counter()
+    cell = task.cell
+    builder = fold_builder(task)
+    views = builder.build(task.fold, _selector(task), embeddings=task.needs_embeddings)
+    panel = views.panel
+    stage[0] = "fit"
+    on_event("stage", {"cell_id": cell.cell_id, "stage": "fit"})
+    t_data = time.perf_counter() - t0
+    method, preds, costs = _fit_predict(task, views, on_event, stage)
+    stage[0] = "score"
+    t3 = time.perf_counter()
+    preds = check_predictions(cell.method, preds, views.test)
+    scores, per_slide, per_gene, notes = score_cell(preds, views.truths, views.test, cell.seed, views.annotations)
+    costs["score_seconds"] = time.perf_counter() - t3
+    costs["data_seconds"] = t_data
+    stage[0] = "artifacts"
+    artifacts = write_artifacts(
+        Path(task.artifact_dir), cell_json={"cell_id": cell.cell_id, **dataclasses.asdict(cell)},
+        config_json=jsonable(dataclasses.asdict(task.config)), test=views.test, genes=panel.genes,
+        preds=preds, truths=views.truths, per_gene=per_gene)
+    costs["total_seconds"] = time.perf_counter() - t0
+    costs["overhead_seconds"] = costs["total_seconds"] - costs["fit_seconds"] - costs["predict_seconds"]
+    return dict(
+        scores=scores, scores_per_slide=per_slide, notes=jsonable(notes), costs=costs, artifacts=tuple(artifacts),
+        summary=jsonable(method.summary),
+        panel=PanelInfo(panel.panel_id, tuple(panel.genes), panel.selector, tuple(panel.train_slides),
+                        jsonable(panel.stats)),
+    )
+
+
+def _selector(task: CellTask):
+    from flag_bench.plan import make_selector
+
+    return make_selector(task.fold.panel)
+
+
+def run_cell(task: CellTask, on_event: EventSink | None = None) -> CellRecord:
+    """Compute one cell; a failure inside it becomes a failed record, never an exception."""
+    on_event = on_event or (lambda kind, payload: None)
+    started = _now()
+    stage = ["data"]
+    on_event("stage", {"cell_id": task.cell.cell_id, "stage": "data"})
+    base = dict(cell=task.cell, protocol=task.protocol, provenance=task.provenance, device=task.device,
+                started=started)
+    info = dict(name=task.cell.method, preset=task.cell.preset, config=jsonable(dataclasses.asdict(task.config)),
+                overrides=jsonable(task.overrides), card=_card(task.method_cls))
+    try:
+        out = _compute(task, on_event, stage)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failing cell never stops the grid
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, (CellFailure, UserError)):
+            msg = f"{type(exc).__name__} in {stage[0]} of method '{task.cell.method}': {msg}"
+        err = ErrorInfo(stage[0], type(exc).__name__, msg, traceback.format_exc())
+        return CellRecord(status="failed", method=MethodInfo(**info), finished=_now(), error=err, **base)
+    summary = out.pop("summary")
+    return CellRecord(status="ok", method=MethodInfo(**info, summary=summary), finished=_now(), **out, **base)
+
+
+def _card(cls) -> dict[str, Any]:
+    card = cls.card
+    if hasattr(card, "to_dict"):
+        return jsonable(card.to_dict())
+    return jsonable(dataclasses.asdict(card))
+
+
+def crashed_record(task: CellTask, exc: BaseException) -> CellRecord:
+    """A worker process that died mid-cell still leaves a failed record naming why."""
+    msg = f"worker process died while computing the cell ({type(exc).__name__}: {exc})"
+    return CellRecord(
+        cell=task.cell, status="failed", protocol=task.protocol, provenance=task.provenance, device=task.device,
+        started=_now(), finished=_now(),
+        method=MethodInfo(task.cell.method, task.cell.preset, jsonable(dataclasses.asdict(task.config)),
+                          jsonable(task.overrides), _card(task.method_cls)),
+        error=ErrorInfo("worker", type(exc).__name__, msg, "".join(traceback.format_exception(exc))),
+    )

@@ -1,0 +1,145 @@
+"""The driver: plan -> skip finished -> encode every slide once -> executor.map -> store + MLflow.
+
+It is the only writer of the results store and MLflow (SQLite stays safe), whatever executor
+computes the cells. Before a cell is handed out it is claimed in the store, so two runs of the
+same grid started at once share the work instead of computing a cell twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from flag_bench.config import RunConfig
+from flag_bench.plan import CellTask, Plan, plan_grid
+from flag_bench.progress import ProgressUI
+from flag_bench.record import CellRecord
+from flag_bench.store import ResultsStore
+
+
+@dataclass
+class RunSummary:
+    planned: int = 0
+    skipped: int = 0
+    ok: int = 0
+    elsewhere: int = 0  # claimed by another live run of the same grid
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (cell description, message)
+    interrupted: bool = False
+    encoding_seconds: float = 0.0
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, *, console=None, progress: bool = True, cache_dir: str | None = None,
+                 after_cell: Callable[[CellRecord], None] | None = None):
+        self.cfg = cfg
+        self.ui = ProgressUI(console, progress)
+        self.cache_dir = cache_dir
+        self.after_cell = after_cell  # test hook
+        self.store = ResultsStore(cfg.results_dir)
+
+    def run(self) -> RunSummary:
+        from flag_bench.measure import provenance
+        from flag_bench.methods.base import resolve_device
+        from flag_bench.tracking import Tracker, default_tracking_uri
+
+        cfg = self.cfg
+        device = resolve_device(cfg.device)
+        uri = cfg.tracking_uri or default_tracking_uri(cfg.results_dir)
+        prov = provenance(device)
+        plan = plan_grid(cfg, device=device, provenance=prov, results_dir=cfg.results_dir, cache_dir=self.cache_dir)
+        with self.store.creation_lock():
+            tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite)
+        summary = RunSummary(planned=len(plan.tasks), tracking_uri=uri)
+        tracker.sync(self.store)  # cells finished by an interrupted run but missing from MLflow
+        summary.parent_run_id = tracker.start_parent(plan.grid_spec, prov)
+        todo = [t for t in plan.tasks if cfg.force or not self.store.finished(t.cell.cell_id)]
+        summary.skipped = len(plan.tasks) - len(todo)
+        self.ui.print(f"flag-bench: {len(plan.tasks)} cells ({summary.skipped} already finished, {len(todo)} to run) "
+                      f"on {device}, {cfg.workers} worker(s); results in {cfg.results_dir}")
+        with self.ui.session():
+            summary.encoding_seconds = self._encode(plan, todo, device)
+            self._execute(todo, tracker, summary)
+        finished = [r for r in (self.store.finished(t.cell.cell_id) for t in plan.tasks) if r]
+        tracker.log_curves(summary.parent_run_id, finished)
+        tracker.log_parent_metrics(summary.parent_run_id, {"encoding_seconds": summary.encoding_seconds})
+        status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED")
+        tracker.end_parent(summary.parent_run_id, status)
+        return summary
+
+    def _encode(self, plan: Plan, todo: list[CellTask], device: str) -> float:
+        """Every slide's embeddings once, before any cell: workers then only read the cache."""
+        from flag_bench.catalog import ENCODERS
+        from flag_bench.datasets.fold import prepare_embeddings
+
+        wanted: dict[str, set[str]] = {}
+        for t in todo:
+            if t.needs_embeddings:
+                f = t.fold.fold
+                wanted.setdefault(t.dataset.key, set()).update((*f.train, *f.val, *f.test))
+        seconds = 0.0
+        for key, slides in wanted.items():
+            ds = plan.datasets[key]
+            encoder = ENCODERS.get(ENCODERS.check(self.cfg.encoder))()
+            order = [s for s in ds.slide_ids if s in slides]
+            seconds += prepare_embeddings(ds, order, encoder, todo[0].patch, device=device, cache_dir=self.cache_dir,
+                                          on_progress=self.ui.encoding(len(order)))
+        return seconds
+
+    def _claimed(self, todo: list[CellTask], summary: RunSummary) -> Iterator[CellTask]:
+        for task in todo:
+            cid = task.cell.cell_id
+            if not self.store.claim(cid):
+                summary.elsewhere += 1
+                self.ui.grid_advance()
+                continue
+            if not self.cfg.force and self.store.finished(cid):  # finished by another run meanwhile
+                self.store.release(cid)
+                summary.skipped += 1
+                self.ui.grid_advance()
+                continue
+            self.ui.grid_describe(task.description)
+            yield task
+
+    def _execute(self, todo: list[CellTask], tracker, summary: RunSummary) -> None:
+        from flag_bench.executors import make_executor
+
+        executor = make_executor(self.cfg.workers, self.ui.on_event, todo[0].device if todo else "cpu")
+        by_id = {t.cell.cell_id: t for t in todo}
+        self.ui.grid(len(todo))
+        try:
+            for rec in executor.map(self._claimed(todo, summary)):
+                self._record(rec, by_id[rec.cell_id], tracker, summary)
+                if not rec.ok and self.cfg.fail_fast:
+                    break
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for rec in executor.shutdown():  # finished in a worker, not collected yet: keep it
+                self._record(rec, by_id[rec.cell_id], tracker, summary)
+        finally:
+            executor.shutdown()
+            for t in todo:
+                self.store.release(t.cell.cell_id)
+
+    def _record(self, rec: CellRecord, task: CellTask, tracker, summary: RunSummary) -> None:
+        path = self.store.write(rec)
+        if rec.ok:
+            summary.ok += 1
+            run_id = tracker.log_record(rec, self.store.artifact_dir(rec.cell_id), summary.parent_run_id)
+            self.store.mark_logged(rec.cell_id, tracker.uri, run_id)
+        else:
+            summary.failed.append((task.description, rec.error.message))
+            tracker.log_record(rec, None, summary.parent_run_id)
+            self.ui.print(f"[red]FAILED[/red] {task.description}: {rec.error.message} (traceback in {path})")
+        self.store.release(rec.cell_id)
+        if self.after_cell:
+            self.after_cell(rec)
+        self.ui.grid_advance()

@@ -1,0 +1,184 @@
+"""Planning a grid: validate everything that can be validated, then expand it into CellTasks.
+
+A ``CellTask`` is small and picklable (specs, a frozen config, the method class by reference),
+so any executor can ship it to another process or machine; the worker loads the data itself.
+Everything a user can get wrong (a method name, a preset, a config value's type, a panel size,
+a fold index, a method whose needs the dataset cannot serve) fails here, before any cell runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from flag_bench import PROTOCOL_VERSION
+from flag_bench.catalog import DATASETS, ENCODERS, METHODS, PANELS
+from flag_bench.config import NOT_GRID_KEYS, RunConfig
+from flag_bench.errors import UserError
+from flag_bench.grid import Cell
+from flag_bench.spec import DatasetSpec, PanelSpec
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to compute one cell (no data, no models)."""
+
+    cell: Cell
+    method_cls: type
+    config: Any  # the method's frozen Config
+    overrides: Mapping[str, Any]
+    dataset: DatasetSpec
+    fold: Any  # datasets.fold.FoldSpec
+    patch: Any  # datasets.base.PatchSpec
+    encoder: str
+    device: str
+    protocol: Mapping[str, Any]
+    provenance: Mapping[str, Any]
+    artifact_dir: str
+    cache_dir: str | None = None
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return "embeddings" in self.method_cls.card.needs
+
+    @property
+    def description(self) -> str:
+        c = self.cell
+        return f"{c.dataset} G={c.n_genes} {c.method} {c.fold} seed={c.seed}"
+
+
+@dataclass
+class Plan:
+    tasks: list[CellTask]
+    grid_spec: dict[str, Any]
+    datasets: dict[str, Any] = field(default_factory=dict)  # DatasetSpec.key -> SpatialDataset
+
+
+_DATASET_MEMO: dict[str, Any] = {}
+
+
+def load_dataset(spec: DatasetSpec):
+    """The dataset behind a spec, loaded once per process (cells of one dataset share it)."""
+    if spec.key not in _DATASET_MEMO:
+        loader = DATASETS.get(DATASETS.check(spec.name))
+        try:
+            _DATASET_MEMO[spec.key] = loader(**spec.kwargs())
+        except TypeError as exc:
+            raise UserError(f"--datasets {spec.key}: {exc}") from None
+    return _DATASET_MEMO[spec.key]
+
+
+def make_selector(spec: PanelSpec):
+    """The registered selector behind a panel spec (plugins included)."""
+    from flag_bench.datasets import panels
+
+    return panels.make_selector(spec, PANELS.get(PANELS.check(spec.kind)))
+
+
+def default_methods() -> tuple[str, ...]:
+    return tuple(n for n in METHODS.names()
+                 if METHODS.origin(n) == "built-in" and METHODS.get(n).card.default_run)
+
+
+def resolve_methods(cfg: RunConfig) -> dict[str, tuple[type, Any]]:
+    """name -> (class, config) with presets and overrides checked (types included)."""
+    names = cfg.methods or default_methods()
+    for m in (*names, *cfg.method_overrides):
+        METHODS.check(m)
+    out = {}
+    for m in names:
+        cls = METHODS.get(m)
+        out[m] = (cls, cls.make_config(str(cfg.preset), cfg.method_overrides.get(m)))
+    return out
+
+
+def protocol_card(cfg: RunConfig, split) -> dict[str, Any]:
+    return {
+        "protocol_version": PROTOCOL_VERSION,
+        "suite": cfg.suite,
+        "target_transform": str(cfg.target_transform),
+        "split": cfg.split.text,
+        "split_description": split.description,
+        "patient_overlap": split.patient_overlap,
+        "panel_selector": cfg.panel.kind,
+        "panel_fitted_on": "all non-test slides of the fold (train and validation), shared by every method",
+        "encoder": cfg.encoder,
+        "patch": f"{cfg.patch_um:g} um @ {cfg.patch_um / cfg.patch_px:g} um/px ({cfg.patch_px} px)",
+        "pcc_aggregation": "per-gene r over spots of each test slide, mean over genes, then mean over test slides",
+    }
+
+
+def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
+    for g in cfg.genes:
+        if g > len(ds.genes):
+            raise UserError(f"--genes {g}: dataset {ds.name} has only {len(ds.genes)} candidate genes; "
+                            f"use --genes {len(ds.genes)} or fewer")
+    can = ds.capabilities
+    for m, (cls, _) in methods.items():
+        missing = sorted(set(cls.card.needs) - set(can))
+        if missing:
+            raise UserError(f"method '{m}' needs {', '.join(missing)}, which dataset {spec.key} does not provide "
+                            f"(it provides {', '.join(sorted(can)) or 'nothing'}); drop the method or the dataset")
+
+
+def _select_folds(split, cfg: RunConfig, ds) -> tuple:
+    folds = split.folds
+    if cfg.folds is None:
+        return folds
+    bad = [i for i in cfg.folds if not 0 <= i < len(folds)]
+    if bad:
+        raise UserError(f"--folds {bad[0]}: the {cfg.split.text} split of {ds.name} has folds 0..{len(folds) - 1}")
+    return tuple(folds[i] for i in cfg.folds)
+
+
+def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], results_dir: str,
+              cache_dir: str | None = None) -> Plan:
+    """Validate and expand: datasets x G x methods x folds x seeds, one split per dataset."""
+    from pathlib import Path
+
+    from flag_bench.datasets.base import PatchSpec
+    from flag_bench.datasets.fold import FoldSpec
+    from flag_bench.datasets.splits import carve_validation, make_split
+
+    ENCODERS.check(cfg.encoder)
+    methods = resolve_methods(cfg)
+    selector = make_selector(cfg.panel)  # a bad spec or panel file fails now
+    panel_params = tuple(sorted(selector.params.items()))
+    patch = PatchSpec(cfg.patch_um, cfg.patch_px)
+    tasks: list[CellTask] = []
+    loaded = {}
+    for spec in cfg.datasets:
+        ds = loaded[spec.key] = load_dataset(spec)
+        _check_dataset(ds, spec, cfg, methods)
+        split = make_split(ds, cfg.split, allow_patient_overlap=cfg.allow_patient_overlap)
+        protocol = protocol_card(cfg, split)
+        for g in cfg.genes:
+            for m, (cls, mcfg) in methods.items():
+                for base_fold in _select_folds(split, cfg, ds):
+                    fold = carve_validation(split, base_fold) if cls.card.uses_validation else base_fold
+                    fspec = FoldSpec(cfg.panel, int(g), fold, cfg.target_transform)
+                    for seed in cfg.seeds:
+                        cell = Cell(
+                            dataset=ds.name, dataset_spec=spec.key, dataset_version=ds.version, n_genes=int(g),
+                            panel=cfg.panel.text, panel_params=panel_params, method=m, preset=str(cfg.preset),
+                            config_hash=cls.config_hash(mcfg), split=cfg.split.text, fold=base_fold.name,
+                            fold_train=fold.train, fold_val=fold.val, fold_test=fold.test, seed=int(seed),
+                            target_transform=str(cfg.target_transform), encoder=cfg.encoder, patch=patch.key(),
+                        )
+                        tasks.append(CellTask(
+                            cell=cell, method_cls=cls, config=mcfg, overrides=dict(cfg.method_overrides.get(m, {})),
+                            dataset=spec, fold=fspec, patch=patch, encoder=cfg.encoder, device=device,
+                            protocol=protocol, provenance=provenance,
+                            artifact_dir=str(Path(results_dir) / "artifacts" / cell.cell_id), cache_dir=cache_dir,
+                        ))
+    grid_spec = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in NOT_GRID_KEYS}
+    return Plan(tasks, grid_spec, loaded)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return v if isinstance(v, (int, float, bool, type(None))) else str(v)

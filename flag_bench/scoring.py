@@ -1,0 +1,69 @@
+"""Scoring a cell: check what the method returned, then every registered metric per test slide,
+mean over the slides, plus the pooled metrics over all test spots of the cell."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from flag_bench.catalog import METRICS
+from flag_bench.errors import CellFailure
+
+
+def check_predictions(method: str, preds: Any, test) -> list[np.ndarray]:
+    """One finite (n_spots, G) array per test slide, as float32; CellFailure naming what is wrong."""
+    if not isinstance(preds, (list, tuple)) or len(preds) != len(test.slides):
+        n = len(preds) if hasattr(preds, "__len__") else "?"
+        raise CellFailure(f"method '{method}' returned {type(preds).__name__} of length {n}; "
+                          f"expected a list of {len(test.slides)} arrays")
+    out = []
+    for p, s in zip(preds, test.slides):
+        p = np.asarray(p)
+        if p.shape != (s.n_spots, test.n_genes):
+            raise CellFailure(f"method '{method}' predicted shape {p.shape} for slide {s.slide_id}; "
+                              f"expected {(s.n_spots, test.n_genes)}")
+        bad = int((~np.isfinite(p)).sum())
+        if bad:
+            raise CellFailure(f"method '{method}' predicted {bad} non-finite value(s) on slide {s.slide_id}")
+        out.append(p.astype(np.float32, copy=False))
+    return out
+
+
+def _slide_scores(metrics, y, p, ctx, notes: dict) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    vals: dict[str, float] = {}
+    genes: dict[str, np.ndarray] = {}
+    for name, m in metrics.items():
+        if m.scope != "slide":
+            continue
+        sc = m.compute(y.astype(np.float64), p.astype(np.float64), ctx)
+        vals.update(sc.values)
+        genes.update(sc.per_gene)
+        for k, v in sc.notes.items():
+            notes[f"{ctx.slide_id}.{name}.{k}"] = v
+    return vals, genes
+
+
+def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, seed: int,
+               annotations: Sequence[np.ndarray | None]):
+    """-> (cell scores, per-slide scores, per-slide per-gene vectors, notes)."""
+    from flag_bench.metrics.base import SlideContext
+
+    metrics = METRICS.load_all()
+    per_slide: dict[str, dict[str, float]] = {}
+    per_gene: dict[str, dict[str, np.ndarray]] = {}
+    notes: dict[str, Any] = {}
+    for p, y, s, ann in zip(preds, truths, test.slides, annotations):
+        ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann)
+        per_slide[s.slide_id], per_gene[s.slide_id] = _slide_scores(metrics, y, p, ctx, notes)
+    cell: dict[str, float] = {}
+    for k in sorted({k for v in per_slide.values() for k in v}):
+        arr = np.array([per_slide[s].get(k, np.nan) for s in per_slide], dtype=np.float64)
+        cell[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+    yp = np.concatenate([p.astype(np.float64) for p in preds])
+    yt = np.concatenate([y.astype(np.float64) for y in truths])
+    pooled_ctx = SlideContext("pooled", None, test.genes, seed, None)
+    for m in metrics.values():
+        if m.scope == "pooled":
+            cell.update(m.compute(yt, yp, pooled_ctx).values)
+    return cell, per_slide, per_gene, notes

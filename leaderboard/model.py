@@ -1,0 +1,162 @@
+"""The leaderboard as typed data: what every renderer (terminal, markdown, csv, later HTML) draws.
+
+A row is ONE method configuration (dataset x G x method x config hash) summarised over its folds
+and seeds: mean ± std with a bootstrap 95% CI of the mean (``flag_bench.metrics.stats``). Two
+configurations of one method are two rows, never one mean shown as if it were fold spread, and
+each gets a readable label: the method plus the preset and overridden keys ("knn (small k=50)"),
+plus the short config hash where two configurations still share that text. The metric-vs-G curve
+is per configuration too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from flag_bench.errors import UserError
+from flag_bench.leaderboard.results import check_metric, curves, joined_labels
+
+DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc@32", "ari")
+LEGEND = "one row per method configuration; mean ± std over folds and seeds [95% bootstrap CI of the mean]"
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    method: str
+    config_hash: str
+    config_label: str
+    n_genes: int
+    cells: int
+    stats: Mapping[str, Stat]
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass(frozen=True)
+class CurveRow:
+    label: str
+    method: str
+    config_hash: str
+    points: Mapping[int, CurvePoint]  # G -> the sort metric over folds and seeds
+
+
+@dataclass(frozen=True)
+class DatasetBoard:
+    dataset: str
+    protocol: str  # one line per distinct protocol, joined
+    rows: tuple[Row, ...]
+    genes: tuple[int, ...]
+    curve: tuple[CurveRow, ...]  # empty when only one G was run
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    metric: str  # the sort key
+    columns: tuple[str, ...]
+    higher_is_better: Mapping[str, bool | None]
+    datasets: tuple[DatasetBoard, ...]
+
+
+def metric_direction() -> dict[str, bool | None]:
+    """Score name -> higher_is_better, from the registered metrics' outputs."""
+    from flag_bench.catalog import METRICS
+
+    return {o.name: o.higher_is_better for m in METRICS.load_all().values() for o in m.outputs}
+
+
+def config_labels(frame) -> dict[tuple[str, str], str]:
+    """(method, config_hash) -> a row label unique within these results."""
+    base = {}
+    for (method, config_hash), g in frame.groupby(["method", "config_hash"], sort=True):
+        extra = joined_labels(g["config_label"])
+        base[(method, config_hash)] = f"{method} ({extra})" if extra else method
+    counts: dict[str, int] = {}
+    for text in base.values():
+        counts[text] = counts.get(text, 0) + 1
+    return {k: text if counts[text] == 1 else f"{text} #{k[1][:8]}" for k, text in base.items()}
+
+
+def protocol_line(protocol_json: str) -> str:
+    p = json.loads(protocol_json or "{}")
+    if not p:
+        return ""
+    overlap = " (test patient also in train)" if p.get("patient_overlap") else ""
+    return (f"protocol {p.get('protocol_version')}: target {p.get('target_transform')} | split "
+            f"{p.get('split_description', p.get('split'))}{overlap} | panel {p.get('panel_selector')} | "
+            f"encoder {p.get('encoder')} | patch {p.get('patch')} | PCC {p.get('pcc_aggregation')}")
+
+
+def _columns(frame, metric: str, columns: Sequence[str] | None) -> tuple[str, ...]:
+    if columns:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise UserError(f"--columns: {', '.join(missing)} not in these results")
+    cols = [c for c in (columns or DEFAULT_COLUMNS) if c in frame.columns]
+    return tuple(cols if metric in cols else [metric, *cols])
+
+
+def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
+    from flag_bench.metrics.stats import summarize
+
+    rows = []
+    for (g_, method, config_hash), g in frame.groupby(["n_genes", "method", "config_hash"], sort=True):
+        stats = {}
+        for c in cols:
+            s = summarize(g[c].to_numpy(dtype=float), level=0.95, seed=0)
+            stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
+        rows.append(Row(labels[(method, config_hash)], method, config_hash,
+                        joined_labels(g["config_label"]), int(g_), len(g), stats))
+
+    def key(r: Row):  # by G, then best first, NaN last, then label for ties
+        m = r.stats[metric].mean
+        if math.isnan(m):
+            return (r.n_genes, 1, 0.0, r.label)
+        return (r.n_genes, 0, -m if higher else m, r.label)
+
+    return tuple(sorted(rows, key=key))
+
+
+def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow, ...]]:
+    genes = tuple(sorted(int(g) for g in frame["n_genes"].unique()))
+    if len(genes) < 2:
+        return genes, ()
+    pts: dict[tuple[str, str], dict[int, CurvePoint]] = {}
+    for r in curves(frame, metric).itertuples(index=False):
+        pts.setdefault((r.method, r.config_hash), {})[int(r.n_genes)] = CurvePoint(r.mean, r.std, int(r.n))
+    rows = [CurveRow(labels[k], k[0], k[1], p) for k, p in pts.items()]
+    return genes, tuple(sorted(rows, key=lambda r: r.label))
+
+
+def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None) -> Leaderboard:
+    """The results frame (``Results.frame()``) -> the leaderboard sorted by ``metric``."""
+    if frame.empty:
+        raise UserError("no finished cells to report; run `flag-bench run` first")
+    check_metric(frame, metric)
+    cols = _columns(frame, metric, columns)
+    direction = metric_direction()
+    higher = direction.get(metric) is not False  # diagnostics and unknown plugin scores: higher first
+    labels = config_labels(frame)
+    boards = []
+    for ds, g in frame.groupby("dataset", sort=True):
+        lines = sorted({protocol_line(p) for p in g["protocol"]} - {""})
+        genes, curve = _curve(g, metric, labels)
+        boards.append(DatasetBoard(str(ds), " / ".join(lines), _rows(g, cols, labels, metric, higher), genes, curve))
+    return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards))
+

@@ -1,0 +1,144 @@
+"""Where results come from: the results store or MLflow, both read into one source-blind shape.
+
+Each loader returns a ``Loaded``: the rows of finished cells (``CellRecord.to_row()``, rebuilt
+exactly from MLflow by ``flag_bench.tracking.decode_run``), their scores per slide, the failed
+cells, and a way to fetch a cell's artifact file. Everything after this (``results.py``) never
+asks which source it reads, which is what makes the two reports identical.
+
+Both sides keep one run of a cell: its latest finished record (a ``--force`` rerun or a re-sync
+logs a cell again), and list a cell as failed only when it has no finished record.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from flag_bench.errors import UserError
+from flag_bench.record import CellRecord
+from flag_bench.spec import ResultSource
+
+
+@dataclass(frozen=True)
+class Failure:
+    row: dict[str, Any]  # to_row() of the failed record: its identity columns
+    stage: str
+    error: str  # one line
+    traceback: str  # where the full traceback is: a record file, or an MLflow artifact URI
+    finished: str
+
+
+@dataclass
+class Loaded:
+    source: ResultSource
+    rows: list[dict[str, Any]]
+    per_slide: dict[str, dict[str, dict[str, float]]]  # cell_id -> slide -> score -> value
+    failures: list[Failure]
+    fetch: Callable[[str, str], Path]  # (cell_id, artifact file name) -> a local path
+    keep: Any = field(default=None, repr=False)  # what must live as long as fetch (a temp dir)
+
+
+# -- the results store --------------------------------------------------------------------------
+def from_store(results_dir: Path, suite: str | None) -> Loaded:
+    from flag_bench.store import ResultsStore
+    from flag_bench.tracking import one_line
+
+    store = ResultsStore(results_dir)
+    mine = (lambda rec: True) if suite is None else (lambda rec: rec.protocol.get("suite") == suite)
+    finished = [rec for rec in store.records() if mine(rec)]
+    done = {rec.cell_id for rec in finished}
+    latest: dict[str, tuple[CellRecord, Path]] = {}
+    for path, rec in _failed_records(store.cells):
+        if mine(rec) and rec.cell_id not in done:
+            if rec.cell_id not in latest or rec.finished >= latest[rec.cell_id][0].finished:
+                latest[rec.cell_id] = (rec, path)
+    failures = [Failure(rec.to_row(), rec.error.stage, one_line(rec.error.message), str(path), rec.finished)
+                for rec, path in latest.values()]
+
+    def fetch(cell_id: str, name: str) -> Path:
+        return store.artifact_dir(cell_id) / name
+
+    return Loaded(ResultSource.STORE, [rec.to_row() for rec in finished],
+                  {rec.cell_id: {s: dict(d) for s, d in rec.scores_per_slide.items()} for rec in finished},
+                  failures, fetch)
+
+
+def _failed_records(cells: Path) -> Iterator[tuple[Path, CellRecord]]:
+    # ResultsStore.records(include_failed=True) does not say which file a record came from,
+    # and the file is where the user finds the traceback
+    for path in sorted(cells.glob("*.failed-*.json")) if cells.is_dir() else ():
+        yield path, CellRecord.loads(path.read_text(), where=f"results store record {path}")
+
+
+# -- MLflow -------------------------------------------------------------------------------------
+def _suite_of(experiment: str) -> str | None:
+    parts = experiment.split("/")
+    return "/".join(parts[1:-1]) if len(parts) >= 3 and parts[0] == "flag-bench" else None
+
+
+def _paged(call) -> Iterator:
+    token = None
+    while True:
+        page = call(token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _cell_runs(client, suite: str | None) -> list:
+    from mlflow.entities import ViewType
+
+    exps = [e.experiment_id
+            for e in _paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=t))
+            if _suite_of(e.name) is not None and suite in (None, _suite_of(e.name))]
+    if not exps:
+        return []
+    runs = _paged(lambda t: client.search_runs(exps, filter_string="tags.`flag_bench.level` = 'cell'",
+                                               max_results=5000, page_token=t))
+    # a run still RUNNING was cut short while being logged; the store re-logs that cell
+    return [r for r in runs if r.info.status in ("FINISHED", "FAILED")]
+
+
+def _latest(runs: list) -> dict[str, Any]:
+    """cell_id -> its latest run, by the record's finish time then the run's start."""
+    out: dict[str, Any] = {}
+    for run in sorted(runs, key=lambda r: (r.data.tags.get("flag_bench.finished", ""), r.info.start_time)):
+        out[run.data.tags["flag_bench.cell_id"]] = run
+    return out
+
+
+def from_mlflow(uri: str, suite: str | None) -> Loaded:
+    from flag_bench.tracking import (T_ERROR, T_FINISHED, T_STAGE, T_STATUS, TRACEBACK_ARTIFACT, decode_run, download,
+                                     open_client)
+
+    client = open_client(uri)
+    runs = _cell_runs(client, suite)
+    ok = _latest([r for r in runs if r.data.tags.get(T_STATUS) == "ok"])
+    bad = _latest([r for r in runs if r.data.tags.get(T_STATUS) == "failed"])
+    rows, per_slide = [], {}
+    for cell_id, run in ok.items():
+        row, per_slide[cell_id] = decode_run(run, client)
+        rows.append(row)
+    failures = []
+    for cell_id, run in bad.items():
+        if cell_id not in ok:
+            tags = run.data.tags
+            failures.append(Failure(decode_run(run, client)[0], tags.get(T_STAGE, ""), tags.get(T_ERROR, ""),
+                                    f"{run.info.artifact_uri}/{TRACEBACK_ARTIFACT}", tags.get(T_FINISHED, "")))
+    tmp = tempfile.TemporaryDirectory(prefix="flag-bench-artifacts-")
+
+    def fetch(cell_id: str, name: str) -> Path:
+        dst = Path(tmp.name) / cell_id
+        if (dst / name).exists():
+            return dst / name
+        dst.mkdir(exist_ok=True)
+        try:
+            return download(client, ok[cell_id].info.run_id, name, dst)
+        except Exception as exc:  # MLflow raises several types for a missing artifact
+            raise UserError(f"cell {cell_id}: MLflow run {ok[cell_id].info.run_id} has no artifact {name} "
+                            f"({type(exc).__name__})") from None
+
+    return Loaded(ResultSource.MLFLOW, rows, per_slide, failures, fetch, keep=tmp)
