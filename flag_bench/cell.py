@@ -83,11 +83,13 @@ def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
         preds = method.predict(views.test)
         sync(task.device)
         t3 = time.perf_counter()
-    costs = {"fit_seconds": t2 - t1, "predict_seconds": t3 - t2, "peak_rss_mb": mem.peak_mb,
-             "n_parameters": method.n_parameters()}
-    if cuda:
-        import torch
+    import torch
 
+    # float32 reductions split across threads: same seed and device give the same numbers at the
+    # same thread count (a pool worker runs on its share of the CPUs), so the count is recorded
+    costs = {"fit_seconds": t2 - t1, "predict_seconds": t3 - t2, "peak_rss_mb": mem.peak_mb,
+             "n_parameters": method.n_parameters(), "torch_threads": torch.get_num_threads()}
+    if cuda:
         costs["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return method, preds, costs
 
