@@ -1,0 +1,31 @@
+"""The `flag-bench` command line (typer), one module per group of commands.
+
+Heavy imports (torch, MLflow, anndata) happen inside commands, so `--help`, `list` and `show`
+stay fast. Help is click's plain text (no rich markup), so nothing in a help string is eaten as
+markup and it wraps to the terminal's width instead of truncating words at 80 columns.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flag_bench.cli.common import fail
+from flag_bench.errors import UserError
+
+app = typer.Typer(
+    name="flag-bench",
+    help="Benchmark H&E -> spatial gene expression methods (FLAG, Stem, controls) on leakage-safe grids.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from flag_bench.cli import catalog, report, run  # noqa: E402,F401  (register the commands)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:  # pragma: no cover - commands catch their own
+        fail(str(exc))

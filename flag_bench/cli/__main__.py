@@ -1,0 +1,3 @@
+from flag_bench.cli import main
+
+main()
