@@ -108,16 +108,19 @@ def embeddings_for(
     *,
     device: str = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """float32 (n_spots, D) embeddings of the slide's tiles at ``patch`` (read-only array);
-    ``read_tiles(patch)`` is called only on a miss."""
+    ``read_tiles(patch)`` is called only on a miss; ``on_batch(n)`` reports encoded tiles."""
     path = cache_path(ref, encoder, patch, device=device, cache_dir=cache_dir)
     memo_key = str(path)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     arr = _read(path, ref.n_spots, encoder.dim)
     if arr is None:
-        arr = encoder.encode(read_tiles(patch), device=device)
+        # a plugin encoder may override encode() without the progress hook
+        extra = {"on_batch": on_batch} if on_batch is not None and _takes(encoder.encode, "on_batch") else {}
+        arr = encoder.encode(read_tiles(patch), device=device, **extra)
         if arr.shape != (ref.n_spots, encoder.dim):
             raise RuntimeError(f"encoder {encoder.name} returned {arr.shape} for slide {ref.slide_id} "
                                f"({ref.n_spots} spots, dim {encoder.dim})")
@@ -136,11 +139,21 @@ def get_embeddings(
     *,
     device: str = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array)."""
     slide = dataset.slide(slide_id)
     return embeddings_for(SlideRef.of(dataset, slide_id), slide.tiles, encoder, patch,
-                          device=device, cache_dir=cache_dir)
+                          device=device, cache_dir=cache_dir, on_batch=on_batch)
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def clear_memo() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -41,12 +41,18 @@ class Encoder(abc.ABC):
     # False when the numbers do not depend on the device (the embedding cache then shares them)
     device_dependent: ClassVar[bool] = True
 
-    def encode(self, tiles: np.ndarray, device: str = "cpu") -> np.ndarray:
-        """uint8 (N, H, W, 3) -> float32 (N, dim), in batches of ``batch_size``."""
+    def encode(self, tiles: np.ndarray, device: str = "cpu",
+               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float32 (N, dim), in batches of ``batch_size``;
+        ``on_batch(n)`` after each batch of n tiles (progress)."""
         tiles = check_tiles(tiles)
         if len(tiles) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self._encode_batch(tiles[i : i + self.batch_size], device) for i in range(0, len(tiles), self.batch_size)]
+        out = []
+        for i in range(0, len(tiles), self.batch_size):
+            out.append(self._encode_batch(tiles[i : i + self.batch_size], device))
+            if on_batch is not None:
+                on_batch(len(out[-1]))
         emb = np.concatenate(out).astype(np.float32, copy=False)
         assert emb.shape == (len(tiles), self.dim), (emb.shape, self.dim)
         return emb

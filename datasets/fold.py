@@ -188,17 +188,23 @@ def prepare_embeddings(
 ) -> float:
     """Encode every listed slide the disk cache lacks, once; return the seconds spent encoding.
 
-    ``on_progress(done, total)`` counts slides to encode, from (0, total).
+    ``on_progress(done, total)`` counts spots to encode, from (0, total), after every batch.
     """
     todo = [sid for sid in dict.fromkeys(slide_ids)
             if not is_cached(SlideRef.of(ds, sid), encoder, patch, device=device, cache_dir=cache_dir)]
-    if on_progress is not None:
-        on_progress(0, len(todo))
-    spent = 0.0
-    for done, sid in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        get_embeddings(ds, sid, encoder, patch, device=device, cache_dir=cache_dir)
-        spent += time.perf_counter() - t0
+    total = sum(ds.slide(sid).n_spots for sid in todo)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
         if on_progress is not None:
-            on_progress(done, len(todo))
+            on_progress(done[0], total)
+
+    if on_progress is not None:
+        on_progress(0, total)
+    spent = 0.0
+    for sid in todo:
+        t0 = time.perf_counter()
+        get_embeddings(ds, sid, encoder, patch, device=device, cache_dir=cache_dir, on_batch=advance)
+        spent += time.perf_counter() - t0
     return spent

@@ -127,11 +127,20 @@ def load(path: str | os.PathLike | None = None) -> SpatialDataset:
     ``path`` overrides the package data file (tests, rebuilt files).
     """
     p = Path(path) if path is not None else DATA_FILE
+    given = f"--datasets her2st-mini:path={path}" if path is not None else str(p)
     if not p.is_file():
-        raise UserError(
-            f"{p}: her2st-mini data file is missing; reinstall flag-bench or rebuild it with "
-            "scripts/build_her2st_mini.py"
-        )
+        fix = ("give an existing file built by scripts/build_her2st_mini.py, or drop path= to use the "
+               "embedded one") if path is not None else "reinstall flag-bench or rebuild it with scripts/build_her2st_mini.py"
+        raise UserError(f"{given}: her2st-mini data file {p} does not exist; {fix}")
+    try:
+        return _load_file(p)
+    except (OSError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{given}: {p} is not an her2st-mini HDF5 file ({first}); give the file "
+                        "scripts/build_her2st_mini.py writes, or drop path= to use the embedded one") from None
+
+
+def _load_file(p: Path) -> SpatialDataset:
     version = file_version(p)
     with h5py.File(p, "r") as f:
         a = dict(f.attrs)

@@ -61,6 +61,7 @@ class Driver:
         summary = RunSummary(planned=len(plan.tasks), tracking_uri=uri)
         tracker.sync(self.store)  # cells finished by an interrupted run but missing from MLflow
         summary.parent_run_id = tracker.start_parent(plan.grid_spec, prov)
+        self.store.write_plan(plan.grid_spec, [t.summary() for t in plan.tasks])
         todo = [t for t in plan.tasks if cfg.force or not self.store.finished(t.cell.cell_id)]
         summary.skipped = len(plan.tasks) - len(todo)
         self.ui.print(f"flag-bench: {len(plan.tasks)} cells ({summary.skipped} already finished, {len(todo)} to run) "
@@ -91,7 +92,7 @@ class Driver:
             encoder = ENCODERS.get(ENCODERS.check(self.cfg.encoder))()
             order = [s for s in ds.slide_ids if s in slides]
             seconds += prepare_embeddings(ds, order, encoder, todo[0].patch, device=device, cache_dir=self.cache_dir,
-                                          on_progress=self.ui.encoding(len(order)))
+                                          on_progress=self.ui.encoding(self.cfg.encoder))
         return seconds
 
     def _claimed(self, todo: list[CellTask], summary: RunSummary) -> Iterator[CellTask]:
@@ -110,11 +111,15 @@ class Driver:
             yield task
 
     def _execute(self, todo: list[CellTask], tracker, summary: RunSummary) -> None:
+        from flag_bench.estimate import Estimator
         from flag_bench.executors import make_executor
 
         executor = make_executor(self.cfg.workers, self.ui.on_event, todo[0].device if todo else "cpu")
         by_id = {t.cell.cell_id: t for t in todo}
+        self._left = dict(by_id)
+        self._estimator = Estimator(self.store.records())
         self.ui.grid(len(todo))
+        self._show_eta()
         try:
             for rec in executor.map(self._claimed(todo, summary)):
                 self._record(rec, by_id[rec.cell_id], tracker, summary)
@@ -140,6 +145,23 @@ class Driver:
             tracker.log_record(rec, None, summary.parent_run_id)
             self.ui.print(f"[red]FAILED[/red] {task.description}: {rec.error.message} (traceback in {path})")
         self.store.release(rec.cell_id)
+        if rec.ok and rec.costs.get("total_seconds") is not None:
+            self._estimator.add(rec.cell, float(rec.costs["total_seconds"]))
+        self._left.pop(rec.cell_id, None)
+        self._show_eta()
         if self.after_cell:
             self.after_cell(rec)
         self.ui.grid_advance()
+
+    def _show_eta(self) -> None:
+        """Time left by the records of cells like the ones left (this run's and earlier ones)."""
+        from flag_bench.estimate import human
+
+        secs, unknown = self._estimator.total(list(self._left.values()))
+        if not self._left:
+            self.ui.grid_eta("")
+        elif secs or unknown:
+            text = f"~{human(secs)} left" if secs else "time left unknown"
+            if secs and unknown:
+                text += f" + {unknown} cell(s) never timed"
+            self.ui.grid_eta(text)

@@ -47,6 +47,12 @@ class CellTask:
         c = self.cell
         return f"{c.dataset} G={c.n_genes} {c.method} {c.fold} seed={c.seed}"
 
+    def summary(self) -> dict[str, Any]:
+        """What a plan file lists for this cell (a report names planned cells that never finished)."""
+        c = self.cell
+        return {"cell_id": c.cell_id, "description": self.description, "dataset": c.dataset, "n_genes": c.n_genes,
+                "method": c.method, "preset": c.preset, "config_hash": c.config_hash, "fold": c.fold, "seed": c.seed}
+
 
 @dataclass
 class Plan:
@@ -109,7 +115,19 @@ def protocol_card(cfg: RunConfig, split) -> dict[str, Any]:
     }
 
 
+def _check_patch(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
+    """A patch larger than what the dataset's images hold fails now, not inside the first cell."""
+    if not any(set(cls.card.needs) & {"embeddings", "tiles", "region"} for cls, _ in methods.values()):
+        return
+    fields = [getattr(s.tile_reader, "max_field_um", None) for s in ds.slides if s.tile_reader is not None]
+    limit = min((f for f in fields if f is not None), default=None)
+    if limit is not None and cfg.patch_um > limit + 1e-6:
+        raise UserError(f"--patch-um {cfg.patch_um:g}: dataset {spec.key} holds image patches of at most "
+                        f"{limit:g} um around each spot; use --patch-um {limit:g} or less")
+
+
 def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
+    _check_patch(ds, spec, cfg, methods)
     for g in cfg.genes:
         if g > len(ds.genes):
             raise UserError(f"--genes {g}: dataset {ds.name} has only {len(ds.genes)} candidate genes; "

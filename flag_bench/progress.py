@@ -42,21 +42,40 @@ class ProgressUI:
             self._grid = self._prog.add_task("grid", total=total)
 
     def grid_describe(self, text: str) -> None:
+        self._cell_text = text
+        self._refresh_grid()
+
+    def grid_eta(self, text: str) -> None:
+        self._eta_text = text
+        self._refresh_grid()
+
+    def _refresh_grid(self) -> None:
         if self._prog is not None and self._grid is not None:
-            self._prog.update(self._grid, description=text)
+            parts = [getattr(self, "_cell_text", "grid"), getattr(self, "_eta_text", "")]
+            self._prog.update(self._grid, description=" | ".join(p for p in parts if p))
 
     def grid_advance(self) -> None:
         if self._prog is not None and self._grid is not None:
             self._prog.advance(self._grid)
 
-    def encoding(self, total: int):
-        """-> callable(slides done, slides to encode) for datasets.fold.prepare_embeddings."""
+    def encoding(self, encoder: str):
+        """-> callable(spots done, spots to encode) for datasets.fold.prepare_embeddings: a bar
+        with spots/s and ETA, so the minutes of a first encoding pass are visibly moving."""
         if self._prog is None:
             return None
-        tid = self._prog.add_task("  encoding slides", total=total)
+        state: dict[str, Any] = {"tid": None, "t0": None}
 
-        def update(done: int, total_: int) -> None:
-            self._prog.update(tid, completed=done, total=total_)
+        def update(done: int, total: int) -> None:
+            import time
+
+            if total == 0:
+                return
+            if state["tid"] is None:
+                state["tid"] = self._prog.add_task(f"  encoding patches ({encoder})", total=total)
+                state["t0"] = time.perf_counter()
+            rate = done / max(time.perf_counter() - state["t0"], 1e-9)
+            self._prog.update(state["tid"], completed=done, total=total,
+                              description=f"  encoding patches ({encoder}, {rate:.0f} spots/s)")
 
         return update
 

@@ -7,6 +7,8 @@ Layout under the results dir:
     cells/<cell_id>.mlflow               marker: the MLflow run id this record was logged as
     artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
     claims/<cell_id>.claim               a run computing this cell right now (pid, host, time)
+    plans/<time>-<pid>.json              the cells each invocation planned (so a report can name
+                                         planned cells that never finished)
     .flag-bench.lock                     held while the store and the MLflow database are created
 
 Every file is written atomically (flag_bench.io), so Ctrl-C or kill -9 leaves either the
@@ -109,6 +111,24 @@ class ResultsStore:
             if ".failed-" in path.name and not include_failed:
                 continue
             yield self._read(path)
+
+    # -- plans -------------------------------------------------------------------------------
+    def write_plan(self, grid_spec: dict, cells: list[dict]) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        path = self.root / "plans" / f"{stamp}.json"
+        atomic_write_json(path, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "grid_spec": grid_spec,
+                                 "cells": cells})
+        return path
+
+    def plans(self) -> list[dict]:
+        """Every plan written into this results dir, oldest first (unreadable ones skipped)."""
+        out = []
+        for path in sorted((self.root / "plans").glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
 
     # -- claims: two runs of one grid never compute the same cell ---------------------------------
     def claim(self, cell_id: str) -> bool:

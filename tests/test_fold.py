@@ -177,9 +177,9 @@ def test_specs_are_picklable():
 class _CountingEncoder(ColorStats):
     calls = 0
 
-    def encode(self, tiles, device="cpu"):
+    def encode(self, tiles, device="cpu", on_batch=None):
         type(self).calls += 1
-        return super().encode(tiles, device)
+        return super().encode(tiles, device, on_batch)
 
 
 def test_prepare_embeddings_encodes_each_missing_slide_once(tmp_path):
@@ -190,7 +190,7 @@ def test_prepare_embeddings_encodes_each_missing_slide_once(tmp_path):
     kw = dict(device="cpu", cache_dir=str(tmp_path))
     spent = prepare_embeddings(ds, ["S01", "S02", "S01"], _CountingEncoder(), PATCH,
                                on_progress=lambda d, t: progress.append((d, t)), **kw)
-    assert spent > 0 and _CountingEncoder.calls == 2 and progress == [(0, 2), (1, 2), (2, 2)]
+    assert spent > 0 and _CountingEncoder.calls == 2 and progress == [(0, 24), (12, 24), (24, 24)]
     embed_cache.clear_memo()  # as in a new process: S01 and S02 come from disk, only S03 is encoded
     assert prepare_embeddings(ds, ds.slide_ids, _CountingEncoder(), PATCH, **kw) > 0
     assert _CountingEncoder.calls == 3

@@ -34,6 +34,9 @@ def run(
     allow_patient_overlap: Optional[bool] = typer.Option(None, "--allow-patient-overlap/--no-allow-patient-overlap", help="Allow folds whose test patient is also in train (default: only where the dataset documents it)."),
     force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Recompute finished cells (default no)."),
     fail_fast: Optional[bool] = typer.Option(None, "--fail-fast/--no-fail-fast", help="Stop at the first failed cell (default no)."),
+    patch_um: Optional[float] = typer.Option(None, "--patch-um", help=f"Patch side in micrometres of tissue (default {default_of('patch_um')})."),
+    patch_px: Optional[int] = typer.Option(None, "--patch-px", help=f"Patch side in pixels after resampling (default {default_of('patch_px')})."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid, what is finished and an estimated time; compute and write nothing."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
     """Run a benchmark grid: datasets x G x methods x folds x seeds. Finished cells are skipped."""
@@ -46,9 +49,15 @@ def run(
             seeds=csv_list(seeds, int, "--seeds"), preset=preset, device=device, encoder=encoder,
             target_transform=target_transform, results_dir=str(results_dir) if results_dir else None,
             tracking_uri=tracking_uri, suite=suite, allow_patient_overlap=allow_patient_overlap,
-            force=force, fail_fast=fail_fast, workers=workers,
+            force=force, fail_fast=fail_fast, workers=workers, patch_um=patch_um, patch_px=patch_px,
         )
         cfg = build_config(config, cli)
+        if dry_run:
+            from flag_bench.dryrun import dry_run as plan_only
+
+            out = console()
+            plan_only(cfg, lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+            return
         from flag_bench.driver import Driver
 
         con = console()
