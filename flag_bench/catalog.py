@@ -18,8 +18,39 @@ METHODS: Registry = Registry(
         "flag-no-graph": "flag_bench.methods.flag.variants:FlagNoGraph",
         "flag-regression": "flag_bench.methods.flag.variants:FlagRegression",
         "stem": "flag_bench.methods.stem:Stem",
+        "bleep": "flag_bench.methods.bleep.method:Bleep",
+        "histogene": "flag_bench.methods.histogene.method:HisToGene",
+        "ridge-smooth": "flag_bench.methods.controls:RidgeSmoothControl",
     },
 )
+
+# Torch-free homes of the cards of built-ins whose module imports torch: `flag-bench list` reads
+# the card from here instead of importing the implementation (which takes its card from the same
+# object, so the text lives once). A torch-backed built-in without an entry here makes `list`
+# import torch (tests/test_cli_catalog.py fails); controls import no torch and need none.
+METHODS.set_light({
+    "flag": "flag_bench.methods.flag.cards:FLAG",
+    "flag-paper": "flag_bench.methods.flag.cards:FLAG_PAPER",
+    "flag-joint": "flag_bench.methods.flag.cards:FLAG_JOINT",
+    "flag-node": "flag_bench.methods.flag.cards:FLAG_NODE",
+    "flag-no-gfm": "flag_bench.methods.flag.cards:FLAG_NO_GFM",
+    "flag-no-graph": "flag_bench.methods.flag.cards:FLAG_NO_GRAPH",
+    "flag-regression": "flag_bench.methods.flag.cards:FLAG_REGRESSION",
+    "stem": "flag_bench.methods.stem_card:STEM",
+    "bleep": "flag_bench.methods.bleep.card:BLEEP",
+    "histogene": "flag_bench.methods.histogene.card:HISTOGENE",
+})
+
+
+def method_card(name: str):
+    """The card of method ``name`` without importing torch for built-ins (plugins are imported)."""
+    return METHODS.describe(name, "card")
+
+
+def in_default_run(name: str) -> bool:
+    """Built-ins marked ``default_run`` make the default grid; plugins run only when named."""
+    return METHODS.origin(name) == "built-in" and method_card(name).default_run
+
 
 DATASETS: Registry = Registry(
     "datasets",

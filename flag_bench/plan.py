@@ -83,8 +83,9 @@ def make_selector(spec: PanelSpec):
 
 
 def default_methods() -> tuple[str, ...]:
-    return tuple(n for n in METHODS.names()
-                 if METHODS.origin(n) == "built-in" and METHODS.get(n).card.default_run)
+    from flag_bench.catalog import in_default_run
+
+    return tuple(n for n in METHODS.names() if in_default_run(n))
 
 
 def resolve_methods(cfg: RunConfig) -> dict[str, tuple[type, Any]]:
@@ -95,7 +96,9 @@ def resolve_methods(cfg: RunConfig) -> dict[str, tuple[type, Any]]:
     out = {}
     for m in names:
         cls = METHODS.get(m)
-        out[m] = (cls, cls.make_config(str(cfg.preset), cfg.method_overrides.get(m)))
+        config = cls.make_config(str(cfg.preset), cfg.method_overrides.get(m))
+        cls.check_resources(config)
+        out[m] = (cls, config)
     return out
 
 

@@ -1,8 +1,11 @@
 """One small registry type for methods, datasets, metrics, encoders and panel selectors.
 
 Built-ins are registered as ``"module:attr"`` strings and imported on first use, so listing
-names never imports torch. Plugins come from ``importlib.metadata`` entry points in the group
-``flag_bench.<kind>``; built-ins win name clashes and a plugin that fails to load is a warning.
+names never imports torch. A built-in may also name a light object (``set_light``): a torch-free
+description, such as a method's card, that ``describe`` returns without importing the
+implementation. Plugins come from ``importlib.metadata`` entry points in the group
+``flag_bench.<kind>``; built-ins win name clashes. A plugin that fails to import stays listed as
+broken (``broken()`` gives the reason): using it is one UserError, and nothing else notices it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, Any] | None = None  # name -> "mod:attr" | EntryPoint | object
         self._origin: dict[str, str] = {}
         self._resolved: dict[str, Any] = {}
+        self._light: dict[str, str] = {}
+        self._broken: dict[str, str] = {}  # name -> why its import failed (one line)
+        self._warned: set[str] = set()
 
     # -- discovery ---------------------------------------------------------------------------
     def _discover(self) -> dict[str, Any]:
@@ -70,6 +76,7 @@ class Registry(Generic[T]):
         self._discover().pop(name, None)
         self._origin.pop(name, None)
         self._resolved.pop(name, None)
+        self._broken.pop(name, None)
 
     # -- lookup ------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -102,30 +109,67 @@ class Registry(Generic[T]):
         self.check(name)
         if name in self._resolved:
             return self._resolved[name]
+        if name in self._broken:
+            raise UserError(self._broken_message(name))
         obj = entries[name]
         if isinstance(obj, str):
-            module, _, attr = obj.partition(":")
-            obj = getattr(importlib.import_module(module), attr)
-        elif hasattr(obj, "load") and hasattr(obj, "group"):  # EntryPoint
+            obj = _import(obj)
+        elif _is_entry_point(obj):
             try:
                 obj = obj.load()
-            except Exception as exc:
-                warnings.warn(
-                    f"flag-bench: plugin {self.kind} '{name}' failed to load ({type(exc).__name__}: "
-                    f"{exc}); it is skipped",
-                    stacklevel=2,
-                )
-                del entries[name]
-                raise UserError(f"{self.kind} plugin '{name}' failed to load: {exc}") from None
+            except Exception as exc:  # any import-time failure of someone else's package
+                self._broken[name] = _one_line(exc)
+                raise UserError(self._broken_message(name)) from None
         self._resolved[name] = obj
         return obj  # type: ignore[return-value]
 
+    def broken(self, name: str) -> str | None:
+        """Why plugin ``name`` cannot be imported, or None if it loads (this imports it)."""
+        try:
+            self.get(name)
+        except UserError:
+            return self._broken.get(name)
+        return None
+
+    def _broken_message(self, name: str) -> str:
+        what = self.kind[:-1] if self.kind.endswith("s") else self.kind
+        return (f"{what} plugin '{name}' ({self._entries[name].value}) cannot be imported: {self._broken[name]}; "
+                f"fix or uninstall the package that declares it (see `flag-bench list {self.kind}`)")
+
+    def set_light(self, light: dict[str, str]) -> None:
+        """``name -> "module:attr"`` of a torch-free description of built-in ``name``."""
+        self._light.update(light)
+
+    def describe(self, name: str, attr: str) -> Any:
+        """``attr`` of entry ``name`` (e.g. a method's card), from its light object when it has
+        one, so that reading it does not import the implementation."""
+        self.check(name)
+        if name in self._light and self.origin(name) == "built-in":
+            return _import(self._light[name])
+        return getattr(self.get(name), attr)
+
     def load_all(self) -> dict[str, T]:
-        """Import every entry; broken plugins are warned about and left out."""
+        """Import every entry; a broken plugin is left out with one warning per process."""
         out: dict[str, T] = {}
         for name in list(self._discover()):
             try:
                 out[name] = self.get(name)
-            except UserError:
-                continue
+            except UserError as exc:
+                if name not in self._warned:
+                    self._warned.add(name)
+                    warnings.warn(f"flag-bench: {exc}; it is left out", stacklevel=2)
         return out
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _is_entry_point(obj: Any) -> bool:
+    return hasattr(obj, "load") and hasattr(obj, "group")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from flag_bench.errors import UserError
+from flag_bench.leaderboard.notes import Notes
 from flag_bench.leaderboard.results import check_metric, curves, joined_labels
 
 DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc@32", "ari")
 LEGEND = "one row per method configuration; mean ± std over folds and seeds [95% bootstrap CI of the mean]"
+TINY_WARNING = "tiny preset: for tests, scores are not meaningful"
+# costs are the harness's own measurements, not registered metrics: their legend lives here
+COSTS = {"fit_seconds": ("fit s", "wall seconds in fit"), "predict_seconds": ("predict s", "wall seconds in predict"),
+         "peak_rss_mb": ("peak MB", "peak resident memory of the cell, MB"),
+         "peak_gpu_mb": ("GPU MB", "peak GPU memory of the cell, MB"),
+         "n_parameters": ("params", "trainable parameters of the fitted model")}
+INT_COSTS = frozenset({"n_parameters"})
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,19 @@ class Row:
     config_label: str
     n_genes: int
     cells: int
-    stats: Mapping[str, Stat]
+    stats: Mapping[str, Stat]  # every score column, and every cost column when costs are asked for
+    tiny: bool = False  # a cell of this row ran the tiny preset
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """What a column is: its short header and legend line, from the metric's registered Output."""
+
+    name: str  # the frame column (pcc_mean, fit_seconds)
+    header: str  # what a table shows (PCC, fit s)
+    higher_is_better: bool | None
+    description: str
+    cost: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,13 +92,48 @@ class Leaderboard:
     columns: tuple[str, ...]
     higher_is_better: Mapping[str, bool | None]
     datasets: tuple[DatasetBoard, ...]
+    costs: tuple[str, ...] = ()  # cost columns, after the scores, when asked for
+    info: Mapping[str, ColumnInfo] = field(default_factory=dict)  # every column shown
+    notes: Notes = field(default_factory=Notes)
+
+    @property
+    def shown(self) -> tuple[str, ...]:
+        return (*self.columns, *self.costs)
+
+    def header(self, column: str) -> str:
+        info = self.info.get(column)
+        return info.header if info else short_name(column)
+
+
+def short_name(score: str) -> str:
+    """The column header of a score: PCC for pcc_mean (the headline PCC), else the name in capitals."""
+    return "PCC" if score == "pcc_mean" else score.upper()
+
+
+def metric_outputs() -> dict:
+    """Score name -> its registered metrics.base.Output (direction, range, description)."""
+    from flag_bench.catalog import METRICS
+
+    return {o.name: o for m in METRICS.load_all().values() for o in m.outputs}
 
 
 def metric_direction() -> dict[str, bool | None]:
     """Score name -> higher_is_better, from the registered metrics' outputs."""
-    from flag_bench.catalog import METRICS
+    return {name: o.higher_is_better for name, o in metric_outputs().items()}
 
-    return {o.name: o.higher_is_better for m in METRICS.load_all().values() for o in m.outputs}
+
+def column_info(columns: Sequence[str], costs: Sequence[str] = ()) -> dict[str, ColumnInfo]:
+    outputs = metric_outputs()
+    info = {}
+    for c in columns:
+        o = outputs.get(c)
+        # a plugin score without a registered Output still gets a header; its legend says so
+        info[c] = ColumnInfo(c, short_name(c), o.higher_is_better if o else None,
+                             (o.description if o else "") or "no description registered")
+    for c in costs:
+        header, text = COSTS.get(c, (c, c))
+        info[c] = ColumnInfo(c, header, None, text, cost=True)
+    return info
 
 
 def config_labels(frame) -> dict[tuple[str, str], str]:
@@ -103,8 +158,20 @@ def protocol_line(protocol_json: str) -> str:
             f"encoder {p.get('encoder')} | patch {p.get('patch')} | PCC {p.get('pcc_aggregation')}")
 
 
+def resolve(frame, name: str) -> str:
+    """A score named as the frame does (pcc_mean) or as a header does (PCC, ssc@32 in any case)."""
+    if name in frame.columns:
+        return name
+    from flag_bench.record import COST_COLUMNS, ROW_COLUMNS
+
+    scores = [c for c in frame.columns if c not in ROW_COLUMNS and c not in COST_COLUMNS]
+    hits = [c for c in scores if name.lower() in (c.lower(), short_name(c).lower())]
+    return hits[0] if len(hits) == 1 else name
+
+
 def _columns(frame, metric: str, columns: Sequence[str] | None) -> tuple[str, ...]:
     if columns:
+        columns = [resolve(frame, c) for c in columns]
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise UserError(f"--columns: {', '.join(missing)} not in these results")
@@ -112,17 +179,26 @@ def _columns(frame, metric: str, columns: Sequence[str] | None) -> tuple[str, ..
     return tuple(cols if metric in cols else [metric, *cols])
 
 
-def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
+def _cost_columns(frame) -> tuple[str, ...]:
+    # a cost no cell measured (peak GPU MB on a CPU run) would be a column of n/a
+    return tuple(c for c in COSTS if c in frame.columns and frame[c].notna().any())
+
+
+def _row(g, cols: Sequence[str], label: str, key) -> Row:
     from flag_bench.metrics.stats import summarize
 
-    rows = []
-    for (g_, method, config_hash), g in frame.groupby(["n_genes", "method", "config_hash"], sort=True):
-        stats = {}
-        for c in cols:
-            s = summarize(g[c].to_numpy(dtype=float), level=0.95, seed=0)
-            stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
-        rows.append(Row(labels[(method, config_hash)], method, config_hash,
-                        joined_labels(g["config_label"]), int(g_), len(g), stats))
+    stats = {}
+    for c in cols:
+        s = summarize(g[c].to_numpy(dtype=float), level=0.95, seed=0)
+        stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
+    g_, method, config_hash = key
+    return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
+               tiny=bool((g["preset"] == "tiny").any()))
+
+
+def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
+    rows = [_row(g, cols, labels[(key[1], key[2])], key)
+            for key, g in frame.groupby(["n_genes", "method", "config_hash"], sort=True)]
 
     def key(r: Row):  # by G, then best first, NaN last, then label for ties
         m = r.stats[metric].mean
@@ -144,12 +220,19 @@ def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow,
     return genes, tuple(sorted(rows, key=lambda r: r.label))
 
 
-def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None) -> Leaderboard:
-    """The results frame (``Results.frame()``) -> the leaderboard sorted by ``metric``."""
+def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None, *, costs: bool = False,
+          notes: Notes | None = None) -> Leaderboard:
+    """The results frame (``Results.frame()``) -> the leaderboard sorted by ``metric``.
+
+    ``costs`` adds the cost columns (fit s, predict s, peak MB, params); ``notes`` (failed and
+    planned-but-missing cells, from ``notes.gather``) are carried for the renderers to print.
+    """
     if frame.empty:
         raise UserError("no finished cells to report; run `flag-bench run` first")
+    metric = resolve(frame, metric)
     check_metric(frame, metric)
     cols = _columns(frame, metric, columns)
+    cost_cols = _cost_columns(frame) if costs else ()
     direction = metric_direction()
     higher = direction.get(metric) is not False  # diagnostics and unknown plugin scores: higher first
     labels = config_labels(frame)
@@ -157,6 +240,7 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None)
     for ds, g in frame.groupby("dataset", sort=True):
         lines = sorted({protocol_line(p) for p in g["protocol"]} - {""})
         genes, curve = _curve(g, metric, labels)
-        boards.append(DatasetBoard(str(ds), " / ".join(lines), _rows(g, cols, labels, metric, higher), genes, curve))
-    return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards))
-
+        rows = _rows(g, (*cols, *cost_cols), labels, metric, higher)
+        boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve))
+    return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards), cost_cols,
+                       column_info(cols, cost_cols), notes or Notes())

@@ -136,6 +136,11 @@ class Method(abc.ABC):
     def predict(self, test) -> list[np.ndarray]:
         """One float32 (n_spots, n_genes) array per test slide, in target space."""
 
+    @classmethod
+    def check_resources(cls, config: Any) -> None:
+        """Raise a one-line UserError when ``config`` names files (weights, tables) that are not
+        there. Called when the grid is planned, so a missing file refuses the run before any cell."""
+
     def n_parameters(self) -> int | None:
         """Trainable parameter count, or None for non-parametric methods."""
         return None

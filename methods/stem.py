@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from flag_bench.methods.base import MethodCard
 from flag_bench.methods.common import training
 from flag_bench.methods.common.dit import GeneDiT, TimestepEmbedder, auto_genes_per_token
 from flag_bench.methods.common.inputs import require_embeddings, stack_embeddings, stack_targets
 from flag_bench.methods.common.samplers import ddpm_ancestral, randn
 from flag_bench.methods.common.sde import GaussianDiffusion, linear_betas
 from flag_bench.methods.common.torch_method import PREDICT, TorchMethod
+from flag_bench.methods.stem_card import STEM
 
 
 @dataclass(frozen=True)
@@ -80,18 +80,7 @@ class StemNet(nn.Module):
 
 
 class Stem(TorchMethod):
-    card = MethodCard(
-        name="stem",
-        description="Stem: conditional DDPM over gene tokens (DiT, adaLN-Zero) on the spot's image embedding; "
-                    "mean of n samples",
-        citation="Zhu, Zhu, Tao, Qiu. Diffusion generative modeling for spatially resolved gene expression "
-                 "inference from histology images. ICLR 2025",
-        code_url="https://github.com/SichenZhu/Stem",
-        needs=frozenset({"embeddings"}),
-        generative=True,
-        uses_validation=False,
-        default_run=True,
-    )
+    card = STEM
     Config = StemConfig
     presets = {
         "paper": {},

@@ -1,227 +1,135 @@
-"""Contract tests generated from the method registry: every registered method, tiny preset, on
-real folds built by FoldBuilder; and a walk of everything reachable from TestData, which must
-lead to no test expression."""
+"""Contract tests generated from the method registry: every registered method (plugins
+included) passes the checks of ``flag-bench check`` (flag_bench/check.py: tiny preset on a real
+fold built by FoldBuilder, shapes, dtype, finiteness, determinism, the TestData walk and the
+scrambled-counts rerun); the checker fails, by name, methods built to break the contract; and the
+walk, run on real folds and on views built to leak, finds what it must."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import types
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from flag_bench.catalog import ENCODERS, METHODS
-from flag_bench.datasets import her2st_mini, synthetic
-from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
+from flag_bench.catalog import DATASETS, METHODS
+from flag_bench.check import CHECK_DATASET, fold_builder, fold_views, run_checks, synthetic_dataset
+from flag_bench.check_walk import leaks
+from flag_bench.datasets import her2st_mini
+from flag_bench.datasets.base import PatchSpec
 from flag_bench.datasets.encoders import ColorStats
-from flag_bench.datasets.fold import FoldBuilder, FoldSpec
+from flag_bench.datasets.fold import FoldSpec
 from flag_bench.datasets.image import SlideImage
 from flag_bench.datasets.panels import HMHVG
 from flag_bench.datasets.splits import carve_validation, make_split
-from flag_bench.methods.base import Method, seed_everything
+from flag_bench.methods.base import MethodCard
+from flag_bench.methods.controls import MeanConfig, MeanControl
 from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
 ALL_METHODS = METHODS.names()
-PATCH = PatchSpec(112, 32)  # small tiles: the contract, not the scores, is under test
-G = 10
-
-
-def _builder(ds: SpatialDataset) -> FoldBuilder:
-    return FoldBuilder(ds, patch=PATCH, encoder=ColorStats(), device="cpu", cache_dir=None,
-                       encoder_resolver=lambda name: ENCODERS.get(ENCODERS.check(name))())
-
-
-def _synthetic(counts_of=None) -> SpatialDataset:
-    """Five slides of three patients; ``counts_of(slide)`` may replace a slide's counts."""
-    ds = synthetic.load(n_slides=5, n_patients=3, spots_per_slide=40, n_genes=60, seed=3)
-    if counts_of is None:
-        return ds
-    return dataclasses.replace(ds, slides=tuple(dataclasses.replace(s, counts=counts_of(s)) for s in ds.slides))
-
-
-def _views(cls, ds: SpatialDataset, builder: FoldBuilder | None = None):
-    """A patient fold testing on two slides (S01, S04), carved for validation when asked."""
-    plan = make_split(ds, SplitSpec("patient"))
-    fold = carve_validation(plan, plan.folds[0]) if cls.card.uses_validation else plan.folds[0]
-    spec = FoldSpec(PanelSpec("hmhvg"), G, fold, TargetTransform.LOG1P)
-    return (builder or _builder(ds)).build(spec, HMHVG(), embeddings="embeddings" in cls.card.needs)
-
-
-def _fit_predict(cls, views, seed=0):
-    seed_everything(seed)
-    m = cls(cls.make_config("tiny"), seed=seed, device="cpu")
-    m.fit(views.train, views.val)
-    return m, m.predict(views.test)
+PATCH = PatchSpec(112, 32)
 
 
 @pytest.fixture(scope="module")
 def data():
-    ds = _synthetic()
-    return ds, _builder(ds)
-
-
-# ---------------------------------------------------------------------------------------------
-# the walker: everything reachable from an object, following references a method could follow
-# ---------------------------------------------------------------------------------------------
-
-_ATOMS = (str, bytes, int, float, complex, bool, type(None), np.generic, types.ModuleType, type)
-
-
-def _children(obj) -> list[tuple[str, object]]:
-    """(label, referent) pairs: containers, attributes, closures, defaults, bound selves."""
-    if isinstance(obj, np.ndarray):
-        kids = [("base", obj.base)] if obj.base is not None else []
-        return kids + ([(f"[{i}]", v) for i, v in enumerate(obj.ravel())] if obj.dtype == object else [])
-    if sp.issparse(obj):
-        return []
-    if isinstance(obj, Mapping):
-        return [(f"key {k!r}", k) for k in obj] + [(f"[{k!r}]", v) for k, v in obj.items()]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [(f"[{i}]", v) for i, v in enumerate(obj)]
-    if isinstance(obj, functools.partial):
-        return [("func", obj.func), ("args", obj.args), ("keywords", obj.keywords)]
-    if isinstance(obj, types.FunctionType):
-        cells = [(f"closure {n}", c.cell_contents) for n, c in
-                 zip(obj.__code__.co_freevars, obj.__closure__ or ()) if c.cell_contents is not None]
-        return cells + [("__defaults__", obj.__defaults__), ("__kwdefaults__", obj.__kwdefaults__)]
-    kids = []
-    if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
-        kids += [("__self__", obj.__self__), ("__func__", getattr(obj, "__func__", None))]
-    if dataclasses.is_dataclass(obj):
-        kids += [(f.name, getattr(obj, f.name, None)) for f in dataclasses.fields(obj)]
-    kids += [(k, v) for k, v in getattr(obj, "__dict__", {}).items()]
-    for klass in type(obj).__mro__:
-        for slot in getattr(klass, "__slots__", ()):
-            if hasattr(obj, slot):
-                kids.append((slot, getattr(obj, slot)))
-    return kids
-
-
-def _walk(root, name="test"):
-    """Yield (path, object) for everything reachable from ``root`` (each object once)."""
-    seen: dict[int, object] = {}  # holds the objects so ids stay unique during the walk
-    stack = [(name, root)]
-    while stack:
-        path, obj = stack.pop()
-        if isinstance(obj, _ATOMS) or id(obj) in seen:
-            continue
-        seen[id(obj)] = obj
-        yield path, obj
-        stack.extend((f"{path}.{label}", kid) for label, kid in _children(obj))
-
-
-def _forbidden(ds: SpatialDataset, views) -> list[tuple[str, object]]:
-    """The test slides' raw counts (whole pool, sparse and dense; panel columns) and targets."""
-    out = []
-    for s, truth in zip(views.test.slides, views.truths):
-        counts = ds.slide(s.slide_id).counts
-        panel = counts[:, np.asarray(views.panel.index)].toarray()
-        out += [(f"{s.slide_id} counts", counts), (f"{s.slide_id} dense counts", counts.toarray()),
-                (f"{s.slide_id} counts data", counts.data), (f"{s.slide_id} panel counts", panel),
-                (f"{s.slide_id} targets", truth), (f"{s.slide_id} log1p", np.log1p(panel).astype(np.float32))]
-    return out
-
-
-def _same(obj, bad) -> bool:
-    if sp.issparse(bad):
-        if sp.issparse(obj):
-            return obj.shape == bad.shape and (obj != bad).nnz == 0
-        return False
-    if sp.issparse(obj):
-        obj = obj.toarray()
-    if not isinstance(obj, np.ndarray) or obj.dtype == object:
-        return False
-    return np.may_share_memory(obj, bad) or (obj.shape == bad.shape and np.array_equal(obj, bad))
-
-
-def leaks(ds: SpatialDataset, views, root=None) -> list[str]:
-    """Paths from TestData (or ``root``) to the test slides' expression."""
-    bad = _forbidden(ds, views)
-    found = []
-    for path, obj in _walk(views.test if root is None else root):
-        if isinstance(obj, (Slide, SpatialDataset)):
-            found.append(f"{path} is a {type(obj).__name__}")
-        found += [f"{path} is {what}" for what, b in bad if _same(obj, b)]
-    return found
-
-
-# ---------------------------------------------------------------------------------------------
-# the contract
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_card_config_and_presets(name):
-    cls = METHODS.get(name)
-    assert issubclass(cls, Method)
-    assert cls.card.name == name
-    assert {"tiny", "small", "paper"} <= set(cls.presets)
-    assert cls.Config.__dataclass_params__.frozen, "configs are frozen dataclasses"
-    for preset in cls.presets:
-        assert dataclasses.is_dataclass(cls.make_config(preset))
-    from flag_bench.errors import UserError
-
-    with pytest.raises(UserError, match="no config key"):
-        cls.make_config("tiny", {"definitely_not_a_key": 1})
+    ds = synthetic_dataset()
+    return ds, fold_builder(ds)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
-def test_fit_predict_contract(name, data):
-    cls = METHODS.get(name)
-    views = _views(cls, *data)
-    assert (views.val is not None) == cls.card.uses_validation
-    m, preds = _fit_predict(cls, views)
-    assert isinstance(preds, list) and len(preds) == len(views.test.slides) == 2
-    for p, s in zip(preds, views.test.slides):
-        assert p.shape == (s.n_spots, views.test.n_genes)
-        assert p.dtype == np.float32
-        assert np.isfinite(p).all()
-    n = m.n_parameters()
-    assert n is None or (isinstance(n, int) and n >= 0)
-    assert isinstance(m.summary, dict) and m.summary, "a method must say what happened in fit"
-
-    # same seed, same device -> identical predictions
-    _, again = _fit_predict(cls, views)
-    for a, b in zip(preds, again):
-        np.testing.assert_array_equal(a, b)
+def test_contract(name):
+    results = run_checks(name)
+    failed = [f"{r.name}: {r.status} {r.detail}" for r in results if not r.ok]
+    assert not failed, "\n".join(failed)
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_no_access_to_test_expression(name, data):
-    """Nothing reachable from TestData leads to the test expression, inputs are read-only, and
-    scrambling the test slides' counts in the dataset changes no prediction."""
-    cls = METHODS.get(name)
-    ds, builder = data
-    views = _views(cls, ds, builder)
-    assert leaks(ds, views) == []
-    for s in views.test.slides:
-        assert not hasattr(s, "targets") and not hasattr(s, "counts")
-        assert not s.coords_um.flags.writeable
-        assert s.embeddings is None or not s.embeddings.flags.writeable
-    for s in views.train.slides:
-        assert not s.targets.flags.writeable and not s.counts.flags.writeable
-    before = [s.targets.copy() for s in views.train.slides]
-    _, preds = _fit_predict(cls, views)
-    for b, s in zip(before, views.train.slides):
-        np.testing.assert_array_equal(b, s.targets)
+# ---------------------------------------------------------------------------------------------
+# the checker on methods built to break the contract
+# ---------------------------------------------------------------------------------------------
 
-    test_ids = {s.slide_id for s in views.test.slides}
-    rng = np.random.default_rng(1)
+def _card(name):
+    return MethodCard(name=name, description="test: breaks the contract", needs=frozenset(), default_run=False)
 
-    def scramble(s: Slide) -> sp.csr_matrix:
-        if s.id not in test_ids:
-            return s.counts
-        dense = s.counts.toarray()
-        return sp.csr_matrix(rng.permutation(dense.ravel()).reshape(dense.shape))
 
-    scrambled = _views(cls, _synthetic(scramble))
-    assert scrambled.panel.panel_id == views.panel.panel_id
-    assert not np.array_equal(scrambled.truths[0], views.truths[0])
-    _, again = _fit_predict(cls, scrambled)
-    for a, b in zip(preds, again):
-        np.testing.assert_array_equal(a, b)
+class NaNMethod(MeanControl):
+    card = _card("nan-method")
+
+    def predict(self, test):
+        preds = super().predict(test)
+        preds[0][0, 0] = np.nan
+        return preds
+
+
+class PeekingMethod(MeanControl):
+    """Loads the dataset by the name TestData carries and reads the test slides' counts, as a
+    method reading a benchmark's files would."""
+
+    card = _card("peeking")
+
+    def predict(self, test):
+        ds = DATASETS.get(test.dataset)()
+        out = []
+        for s in test.slides:
+            counts = ds.slide(s.slide_id).counts
+            cols = [list(ds.genes).index(g) for g in test.genes]
+            out.append(np.log1p(counts[:, cols].toarray()).astype(np.float32))
+        return out
+
+
+class DriftingMethod(MeanControl):
+    card = _card("drifting")
+    _calls = 0
+
+    def predict(self, test):
+        DriftingMethod._calls += 1
+        return [p + DriftingMethod._calls for p in super().predict(test)]
+
+
+class BadPresetMethod(MeanControl):
+    card = _card("bad-preset")
+    presets = {"tiny": {"k": 1}, "small": {}}
+
+
+@dataclasses.dataclass
+class _Loose:
+    pass
+
+
+class UnfrozenMethod(MeanControl):
+    card = _card("unfrozen")
+    Config = _Loose
+
+
+@pytest.mark.parametrize("cls, check, reason", [
+    (NaNMethod, "finite values", "1 NaN"),
+    (PeekingMethod, "ignores test truth", "reads test expression"),
+    (DriftingMethod, "deterministic", "predicts differently"),
+    (BadPresetMethod, "presets type-check", "missing preset(s) paper"),
+    (UnfrozenMethod, "presets type-check", "frozen dataclass"),
+])
+def test_checker_names_the_broken_rule(cls, check, reason):
+    results = {r.name: r for r in run_checks(cls.card.name, cls)}
+    assert results[check].status == "FAIL", results[check]
+    assert reason in results[check].detail
+    assert [r.name for r in results.values() if r.status == "FAIL"] == [check]
+
+
+def test_peeking_method_does_find_the_truth_when_unscrambled():
+    """The scramble check is not vacuous: the peeking method's predictions are the test targets."""
+    holder_ds = synthetic_dataset()
+    DATASETS.register(CHECK_DATASET, lambda **_: holder_ds)
+    try:
+        views = fold_views(PeekingMethod, holder_ds)
+        preds = PeekingMethod(MeanConfig(), seed=0).fit(views.train).predict(views.test)
+    finally:
+        DATASETS.unregister(CHECK_DATASET)
+    np.testing.assert_allclose(preds[0], views.truths[0], rtol=1e-6)
+
+
+def test_card_name_must_match_registration():
+    results = {r.name: r for r in run_checks("not-the-name", MeanControl)}
+    assert "registered as 'not-the-name'" in results["card"].detail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,10 +144,10 @@ def her2st():
 @pytest.mark.parametrize("validation", [False, True])
 @pytest.mark.parametrize("which", ["her2st-mini", "synthetic"])
 def test_real_folds_leak_nothing(which, validation, her2st):
-    ds = her2st if which == "her2st-mini" else _synthetic()
+    ds = her2st if which == "her2st-mini" else synthetic_dataset()
     plan = make_split(ds, SplitSpec("slide"), allow_patient_overlap=True)
     fold = carve_validation(plan, plan.folds[0]) if validation else plan.folds[0]
-    views = _builder(ds).build(FoldSpec(PanelSpec("hmhvg"), 20, fold, TargetTransform.LOG1P_CPM), HMHVG(),
+    views = fold_builder(ds).build(FoldSpec(PanelSpec("hmhvg"), 20, fold, TargetTransform.LOG1P_CPM), HMHVG(),
                                embeddings=True)
     assert leaks(ds, views) == []
     # the image access still works from the test side: tiles, regions, other encoders
@@ -303,7 +211,7 @@ def _leaky_panel_counts_float(ds, test_input, views):
 ])
 def test_walker_finds_a_deliberate_leak(make_leak, data):
     ds, builder = data
-    views = _views(METHODS.get("ridge"), ds, builder)
+    views = fold_views(METHODS.get("ridge"), ds, builder)
     first = views.test.slides[0]
     assert isinstance(first.image, SlideImage)
     leaky = dataclasses.replace(views.test, slides=(make_leak(ds, first, views), *views.test.slides[1:]))

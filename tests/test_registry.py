@@ -56,9 +56,31 @@ def test_plugins_builtins_win_and_broken_plugin_warns(fake_plugins):
     import json
 
     assert r.get("json") is json.dumps  # the built-in, not the shadowing plugin
-    with pytest.warns(UserWarning, match="failed to load"):
+    with pytest.warns(UserWarning, match="cannot be imported") as caught:
         loaded = r.load_all()
+        r.load_all()
+    assert len(caught) == 1, "one warning per process, not one per call"
     assert "broken" not in loaded and "mine" in loaded
+
+
+def test_broken_plugin_is_listed_with_its_reason_and_one_error_when_used(fake_plugins):
+    r = Registry("things", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # naming it is an error, never a warning first
+        assert "broken" in r.names()
+        assert r.broken("mine") is None
+        assert r.broken("broken") == "ImportError: no module named pkg"
+        for _ in range(2):  # the same error every time, still listed afterwards
+            with pytest.raises(UserError, match=r"thing plugin 'broken' \(pkg:Broken\) cannot be imported: "
+                                                r"ImportError: no module named pkg; fix or uninstall"):
+                r.get("broken")
+        assert "broken" in r.names()
+
+
+def test_describe_reads_the_light_object_without_importing_the_entry():
+    r = Registry("things", {"heavy": "flag_bench_no_such_module:Heavy"})
+    r.set_light({"heavy": "json:__name__"})
+    assert r.describe("heavy", "card") == "json"  # the implementation module is never imported
 
 
 def test_register_refuses_duplicates():

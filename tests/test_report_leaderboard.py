@@ -54,7 +54,7 @@ def test_every_format_has_a_renderer_and_table_is_a_table():
     lb = build(frame, metric="mse", columns=["mse", "ssc@32"])
     assert set(RENDERERS) == set(ReportFormat)
     table = render(lb, "table", width=120)
-    assert "┃" in table and "|---|" not in table and "mse ↓" in table
+    assert "─" in table and "|---|" not in table and "MSE↓" in table
     rows = list(csv.DictReader(io.StringIO(render(lb, ReportFormat.CSV))))
     assert [r["label"] for r in rows] == [r.label for r in lb.datasets[0].rows]
     assert float(rows[0]["mse"]) == lb.datasets[0].rows[0].stats["mse"].mean  # full precision
@@ -65,4 +65,7 @@ def test_every_format_has_a_renderer_and_table_is_a_table():
 def test_labels_are_text_not_markup():
     rec = make_record("knn", "small", {"k": 5, "names": ["bold"]}, 5, 0, overrides={"names": "[bold]x"})
     table = render(build(results_frame([rec.to_row()])), ReportFormat.TABLE, width=200)
+    assert "config small names=[bold]x" in table  # one configuration: said once, in the heading
+    two = [rec, make_record("knn", "tiny", {"k": 3}, 5, 0)]
+    table = render(build(results_frame([r.to_row() for r in two])), ReportFormat.TABLE, width=200)
     assert "knn (small names=[bold]x)" in table

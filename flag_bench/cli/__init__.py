@@ -21,6 +21,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from flag_bench import PROTOCOL_VERSION, __version__
+
+        typer.echo(f"flag-bench {__version__} (protocol {PROTOCOL_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and the protocol version, then exit."),
+) -> None:
+    """Benchmark H&E -> spatial gene expression methods (FLAG, Stem, controls) on leakage-safe grids."""
+
+
 from flag_bench.cli import catalog, report, run  # noqa: E402,F401  (register the commands)
 
 

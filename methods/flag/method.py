@@ -21,7 +21,6 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from flag_bench.methods.base import MethodCard, PretrainedWeights
 from flag_bench.methods.common import training
 from flag_bench.methods.common.batching import WindowBatch, WindowedSlide, all_picks, collate, scatter_windows
 from flag_bench.methods.common.inputs import require_embeddings, stack_targets
@@ -29,33 +28,18 @@ from flag_bench.methods.common.samplers import heun_pf_ode, randn
 from flag_bench.methods.common.sde import VESDE, dsm_loss
 from flag_bench.methods.common.torch_method import PREDICT, VALIDATE, TorchMethod
 from flag_bench.methods.common.windows import pair_mask, windows
+from flag_bench.methods.flag import cards
 from flag_bench.methods.flag.config import PRESETS, FlagConfig
 from flag_bench.methods.flag.edges import static_edge_conditions
 from flag_bench.methods.flag.net import GRAPH_SCORE_ROLES, FlagNet, GraphRole
 from flag_bench.methods.flag.objectives import alignment_loss, output_to_score, val_score
 from flag_bench.methods.flag.summary import fit_summary
 
-CITATION = ("Si, Wang, Wu, Jiao, Liu, Guo, Qi, Cheng. FLAG: Foundation model representation with Latent "
-            "diffusion Alignment via Graph for spatial gene expression prediction. ICML 2026 (arXiv 2605.18055)")
-CODE_URL = "https://github.com/darkflash03/FLAG"
 TRAIN_FIELDS = dict(padded=("cond", "x0"), packed=("align", "align_mask"))
 
 
 class Flag(TorchMethod):
-    card = MethodCard(
-        name="flag",
-        description="FLAG (released-code default): graph-conditioned VE-SDE score diffusion over gene tokens "
-                    "with GFM alignment; Heun PF-ODE, n samples averaged",
-        citation=CITATION, code_url=CODE_URL, needs=frozenset({"embeddings", "coords", "counts"}),
-        generative=True, uses_validation=True, default_run=True,
-        # the image encoder's weights are the run's (recorded with the run), not the method's
-        pretrained=(PretrainedWeights(
-            name="her2st-expr gene table (default alignment target, gene_embeddings='her2st-expr')",
-            trained_on="her2st (Andersson et al. 2021) patients A, D, E, F, G, H: 24 sections, 10,822 spots; "
-                       "never patients B or C, whose sections B4 and C2-C6 are benchmarked",
-            source="methods/data/her2st_expr_gene_table.npz (scripts/build_gene_embeddings.py)",
-            licence="CC BY 4.0 (her2st data)"),),
-    )
+    card = cards.FLAG
     Config = FlagConfig
     presets = PRESETS["flag"]
     graph_role: ClassVar[GraphRole] = "condition"

@@ -12,40 +12,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from flag_bench.methods.base import MethodCard
 from flag_bench.methods.common import training
 from flag_bench.methods.common.batching import WindowBatch
 from flag_bench.methods.common.samplers import randn
 from flag_bench.methods.common.sde import dsm_loss, masked_mean
 from flag_bench.methods.common.windows import pair_mask, single_spot_windows
+from flag_bench.methods.flag import cards
 from flag_bench.methods.flag.config import PRESETS, FlagConfig
 from flag_bench.methods.flag.edges import spot_pcc
 from flag_bench.methods.flag.method import Flag
 
 
-def _card(name: str, description: str) -> MethodCard:
-    return dataclasses.replace(Flag.card, name=name, description=description, default_run=False)
-
-
 class FlagPaper(Flag):
-    card = _card("flag-paper", "FLAG as the paper describes it: static edge conditions (distance, image "
-                 "similarity) enter the graph attention (use_cond_e_in_attn=True)")
+    card = cards.FLAG_PAPER
     presets = PRESETS["flag-paper"]
 
 
 class FlagNoGFM(Flag):
-    card = _card("flag-no-gfm", "FLAG ablation without gene-foundation-model alignment (score loss only)")
+    card = cards.FLAG_NO_GFM
     presets = PRESETS["flag-no-gfm"]
 
 
 class FlagNoGraph(Flag):
-    card = _card("flag-no-graph", "FLAG ablation without the spatial graph: DiT conditioned on t_emb + "
-                 "MLP(image embedding), with GFM alignment")
+    card = cards.FLAG_NO_GRAPH
     presets = PRESETS["flag-no-graph"]
     graph_role = "none"
 
@@ -58,8 +51,7 @@ class FlagNoGraph(Flag):
 
 
 class FlagRegression(Flag):
-    card = _card("flag-regression", "FLAG ablation without diffusion: the same graph + DiT backbone trained "
-                 "as a deterministic MSE regressor")
+    card = cards.FLAG_REGRESSION
     presets = PRESETS["flag-regression"]
     head = "regression"
     aligns = False
@@ -89,7 +81,7 @@ class FlagRegression(Flag):
 
 
 class FlagNodeOnly(Flag):
-    card = _card("flag-node", "node-only graph diffusion (the graph model scores expression with A_t = 0)")
+    card = cards.FLAG_NODE
     presets = PRESETS["flag-node"]
     graph_role = "node"
     aligns = False
@@ -116,8 +108,7 @@ class NoisedEdges:
 
 
 class FlagJoint(Flag):
-    card = _card("flag-joint", "joint node–edge graph diffusion (nodes: expression; edges: spot–spot gene PCC; "
-                 "consistency loss) — the Gene-Dimension-Curse failure mode")
+    card = cards.FLAG_JOINT
     presets = PRESETS["flag-joint"]
     graph_role = "joint"
     aligns = False

@@ -1,0 +1,1 @@
+"""An example flag-bench method plugin (see README.md)."""

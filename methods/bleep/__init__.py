@@ -1,0 +1,1 @@
+"""BLEEP: bi-modal contrastive embedding and retrieval (see method.py)."""
