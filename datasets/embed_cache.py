@@ -131,20 +131,12 @@ def embeddings_for(
     return arr
 
 
-def get_embeddings(
-    dataset: SpatialDataset,
-    slide_id: str,
-    encoder: Encoder,
-    patch: PatchSpec,
-    *,
-    device: str = "cpu",
-    cache_dir: str | os.PathLike | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array)."""
+def get_embeddings(dataset: SpatialDataset, slide_id: str, encoder: Encoder, patch: PatchSpec,
+                   **options) -> np.ndarray:
+    """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array);
+    ``options`` (device, cache_dir, on_batch) as for ``embeddings_for``."""
     slide = dataset.slide(slide_id)
-    return embeddings_for(SlideRef.of(dataset, slide_id), slide.tiles, encoder, patch,
-                          device=device, cache_dir=cache_dir, on_batch=on_batch)
+    return embeddings_for(SlideRef.of(dataset, slide_id), slide.tiles, encoder, patch, **options)
 
 
 def _takes(fn: Callable, name: str) -> bool:

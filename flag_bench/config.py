@@ -130,6 +130,20 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers")
 
 
+def plain_value(v: Any) -> Any:
+    """A config value as JSON keeps it in a grid spec: specs and enums as their text."""
+    if isinstance(v, (list, tuple)):
+        return [plain_value(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): plain_value(x) for k, x in v.items()}
+    return v if isinstance(v, (int, float, bool, type(None))) else str(v)
+
+
+def grid_spec(cfg: "RunConfig") -> dict[str, Any]:
+    """What a run computes, as plain JSON (the parent MLflow run and each plan file hold it)."""
+    return {f.name: plain_value(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in NOT_GRID_KEYS}
+
+
 def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Return (run fields, method overrides) from a TOML file; unknown keys are UserErrors."""
     if not path.is_file():

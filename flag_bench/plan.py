@@ -8,13 +8,12 @@ a fold index, a method whose needs the dataset cannot serve) fails here, before 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from flag_bench import PROTOCOL_VERSION
 from flag_bench.catalog import DATASETS, ENCODERS, METHODS, PANELS
-from flag_bench.config import NOT_GRID_KEYS, RunConfig
+from flag_bench.config import RunConfig, grid_spec
 from flag_bench.errors import UserError
 from flag_bench.grid import Cell
 from flag_bench.spec import DatasetSpec, PanelSpec
@@ -193,13 +192,4 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
                             protocol=protocol, provenance=provenance,
                             artifact_dir=str(Path(results_dir) / "artifacts" / cell.cell_id), cache_dir=cache_dir,
                         ))
-    grid_spec = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in NOT_GRID_KEYS}
-    return Plan(tasks, grid_spec, loaded)
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return v if isinstance(v, (int, float, bool, type(None))) else str(v)
+    return Plan(tasks, grid_spec(cfg), loaded)

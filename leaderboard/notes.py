@@ -104,21 +104,12 @@ _FLAGS = (("datasets", "--datasets"), ("methods", "--methods"), ("genes", "--gen
 CONFIG_PLACEHOLDER = "CONFIG.toml"
 
 
-def _plain(v: Any) -> Any:
-    # the shape plan.py gives a grid spec, so a default compares equal to what a plan holds
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return v if isinstance(v, (int, float, bool, type(None))) else str(v)
-
-
 def _defaults() -> dict[str, Any]:
     import dataclasses
 
-    from flag_bench.config import RunConfig
+    from flag_bench.config import RunConfig, plain_value
 
-    return {f.name: _plain(f.default) for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    return {f.name: plain_value(f.default) for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 
 
 def rerun_argv(grid_spec: dict, results_dir: Path, tracking_uri: str | None = None) -> tuple[str, ...]:
