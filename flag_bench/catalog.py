@@ -21,6 +21,8 @@ METHODS: Registry = Registry(
         "bleep": "flag_bench.methods.bleep.method:Bleep",
         "histogene": "flag_bench.methods.histogene.method:HisToGene",
         "ridge-smooth": "flag_bench.methods.controls:RidgeSmoothControl",
+        "triplex": "flag_bench.methods.triplex.method:Triplex",
+        "stflow": "flag_bench.methods.stflow.method:STFlow",
     },
 )
 
@@ -39,6 +41,8 @@ METHODS.set_light({
     "stem": "flag_bench.methods.stem_card:STEM",
     "bleep": "flag_bench.methods.bleep.card:BLEEP",
     "histogene": "flag_bench.methods.histogene.card:HISTOGENE",
+    "triplex": "flag_bench.methods.triplex.card:TRIPLEX",
+    "stflow": "flag_bench.methods.stflow.card:STFLOW",
 })
 
 
