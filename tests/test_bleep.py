@@ -161,9 +161,11 @@ def test_resnet50_loads_a_torchvision_layout_state_dict(tmp_path):
 
 
 def test_augmentation_is_dihedral_and_seeded():
+    from flag_bench.methods.common import images
+
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
-    a = nets.augment(x, torch.Generator().manual_seed(3))
-    b = nets.augment(x, torch.Generator().manual_seed(3))
+    a = images.augment(x, torch.Generator().manual_seed(3))
+    b = images.augment(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     for i in range(2):  # each output is one of the 8 symmetries of the input tile
         variants = [torch.rot90(t, r, dims=(-2, -1)) for t in (x[i], x[i].flip(-1)) for r in range(4)]

@@ -24,7 +24,7 @@ from flag_bench.errors import UserError
 from flag_bench.methods.bleep.card import BLEEP
 from flag_bench.methods.bleep import nets
 from flag_bench.methods.bleep.retrieval import RETRIEVALS, retrieve
-from flag_bench.methods.common import training
+from flag_bench.methods.common import images, training
 from flag_bench.methods.common.inputs import EmbeddingNormalizer, require_embeddings, stack_embeddings, stack_targets
 from flag_bench.methods.common.torch_method import INIT, TRAIN, TorchMethod
 
@@ -120,15 +120,15 @@ class Bleep(TorchMethod):
                 raise UserError(f"method 'bleep' needs image tiles but slide {s.slide_id} has none; "
                                 "use a dataset with images or image_encoder='frozen'")
         patch = self._patch(data)
-        return torch.cat([nets.tiles_to_tensor(s.image.tiles(patch)) for s in data.slides])
+        return torch.cat([images.tiles_to_tensor(s.image.tiles(patch)) for s in data.slides])
 
     def _embed_images(self, net: BleepNet, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         dev = next(net.parameters()).device
         if net.encoder is not None:
             if gen is not None and self.config.augment:
-                x = nets.augment(x, gen)
+                x = images.augment(x, gen)
             with training.autocast(self.device, self.config.amp):
-                return net.image_head(net.encoder(nets.normalise(x.to(dev)))).float()
+                return net.image_head(net.encoder(images.normalise(x.to(dev)))).float()
         with training.autocast(self.device, self.config.amp):
             return net.image_head(x.to(dev)).float()
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from flag_bench.datasets.encoders import Encoder
 from flag_bench.errors import UserError
-from flag_bench.methods.bleep.nets import normalise, tiles_to_tensor
+from flag_bench.methods.common.images import normalise, tiles_to_tensor
 
 
 class _Basic(nn.Module):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flag_bench.methods.bleep.nets import augment, normalise
+from flag_bench.methods.common.images import augment, normalise
 from flag_bench.methods.common import training
 from flag_bench.methods.triplex.inputs import Bank
 from flag_bench.methods.triplex.nets import triplex_loss
