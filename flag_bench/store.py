@@ -103,14 +103,21 @@ class ResultsStore:
         return path
 
     def records(self, include_failed: bool = False) -> Iterator[CellRecord]:
-        if not self.cells.is_dir():
-            return
-        for path in sorted(self.cells.glob("*.json")):
-            if path.name.startswith("."):
-                continue
+        for path in self._record_paths():
             if ".failed-" in path.name and not include_failed:
                 continue
             yield self._read(path)
+
+    def failures(self) -> Iterator[tuple[Path, CellRecord]]:
+        """Each failed attempt with its file (where the user finds the traceback)."""
+        for path in self._record_paths():
+            if ".failed-" in path.name:
+                yield path, self._read(path)
+
+    def _record_paths(self) -> list[Path]:
+        if not self.cells.is_dir():
+            return []
+        return [p for p in sorted(self.cells.glob("*.json")) if not p.name.startswith(".")]
 
     # -- plans -------------------------------------------------------------------------------
     def write_plan(self, grid_spec: dict, cells: list[dict]) -> Path:

@@ -50,7 +50,7 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
     finished = [rec for rec in store.records() if mine(rec)]
     done = {rec.cell_id for rec in finished}
     latest: dict[str, tuple[CellRecord, Path]] = {}
-    for path, rec in _failed_records(store.cells):
+    for path, rec in store.failures():
         if mine(rec) and rec.cell_id not in done:
             if rec.cell_id not in latest or rec.finished >= latest[rec.cell_id][0].finished:
                 latest[rec.cell_id] = (rec, path)
@@ -63,13 +63,6 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
     return Loaded(ResultSource.STORE, [rec.to_row() for rec in finished],
                   {rec.cell_id: {s: dict(d) for s, d in rec.scores_per_slide.items()} for rec in finished},
                   failures, fetch)
-
-
-def _failed_records(cells: Path) -> Iterator[tuple[Path, CellRecord]]:
-    # ResultsStore.records(include_failed=True) does not say which file a record came from,
-    # and the file is where the user finds the traceback
-    for path in sorted(cells.glob("*.failed-*.json")) if cells.is_dir() else ():
-        yield path, CellRecord.loads(path.read_text(), where=f"results store record {path}")
 
 
 # -- MLflow -------------------------------------------------------------------------------------
