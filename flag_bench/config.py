@@ -34,7 +34,7 @@ class RunConfig:
     methods: tuple[str, ...] | None = None  # None = every built-in method with card.default_run
     genes: tuple[int, ...] = (50,)
     panel: PanelSpec = PanelSpec("hmhvg")
-    split: SplitSpec = SplitSpec("slide")
+    split: SplitSpec = SplitSpec("default")  # each dataset's own (SpatialDataset.default_split)
     folds: tuple[int, ...] | None = None  # None = all folds of the split
     seeds: tuple[int, ...] = (0,)
     preset: Preset = Preset.SMALL
@@ -50,6 +50,22 @@ class RunConfig:
     workers: int = 1
     force: bool = False
     fail_fast: bool = False
+    # where cells run (never part of a cell's identity): local (serial or --workers pool), slurm, ray
+    executor: str = "local"
+    max_retries: int = 1
+    detach: bool = False
+    slurm_partition: str | None = None
+    slurm_time: int = 60  # minutes per array task (the wall-clock limit of its cells)
+    slurm_gpus_per_task: int | None = None
+    slurm_cpus_per_task: int | None = None
+    slurm_mem: str | None = None
+    slurm_array_parallelism: int | None = None
+    slurm_qos: str | None = None
+    slurm_account: str | None = None
+    slurm_extra: Mapping[str, str] = field(default_factory=dict)
+    slurm_batch: int = 1
+    ray_address: str | None = None
+    ray_cpus_per_cell: int = 1
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,11 +80,46 @@ class RunConfig:
             raise UserError("--seeds needs at least one seed")
         if self.workers < 1:
             raise UserError(f"--workers {self.workers}: use 1 or more")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor {self.executor}: use one of {', '.join(EXECUTORS)}")
+        for name in ("max_retries",):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: use 0 or more")
+        for name in ("slurm_time", "slurm_batch", "ray_cpus_per_cell", "slurm_cpus_per_task", "slurm_array_parallelism"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} {value}: use 1 or more")
+        if self.slurm_gpus_per_task is not None and self.slurm_gpus_per_task < 0:
+            raise UserError(f"--slurm-gpus-per-task {self.slurm_gpus_per_task}: use 0 or more")
+        if self.detach and self.executor != "slurm":
+            raise UserError("--detach: only --executor slurm can detach (its jobs outlive this process)")
         if self.patch_um <= 0 or self.patch_px <= 0:
             raise UserError(f"patch {self.patch_um} um / {self.patch_px} px: both must be positive")
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+def _extra(value: Any) -> dict[str, str]:
+    """--slurm-extra key=value (repeatable) or a TOML table: free sbatch options."""
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        items = []
+        for kv in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(kv, str) or "=" not in kv or not kv.split("=", 1)[0].strip():
+                raise UserError(f"--slurm-extra {kv!r}: expected key=value, e.g. --slurm-extra constraint=a100")
+            k, v = kv.split("=", 1)
+            items.append((k.strip(), v.strip()))
+    out = {}
+    for k, v in items:
+        if not isinstance(k, str) or isinstance(v, (dict, list)):
+            raise UserError(f"slurm_extra {k!r}: expected key = \"value\" pairs")
+        out[k] = str(v)
+    return out
 
 
 def _ints(what: str) -> Callable[[Any], tuple[int, ...]]:
@@ -124,10 +175,28 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "workers": _typed(int, "--workers"),
     "force": _typed(bool, "--force"),
     "fail_fast": _typed(bool, "--fail-fast"),
+    "executor": _typed(str, "--executor"),
+    "max_retries": _typed(int, "--max-retries"),
+    "detach": _typed(bool, "--detach"),
+    "slurm_partition": _typed(str, "--slurm-partition"),
+    "slurm_time": _typed(int, "--slurm-time"),
+    "slurm_gpus_per_task": _typed(int, "--slurm-gpus-per-task"),
+    "slurm_cpus_per_task": _typed(int, "--slurm-cpus-per-task"),
+    "slurm_mem": _typed(str, "--slurm-mem"),
+    "slurm_array_parallelism": _typed(int, "--slurm-array-parallelism"),
+    "slurm_qos": _typed(str, "--slurm-qos"),
+    "slurm_account": _typed(str, "--slurm-account"),
+    "slurm_extra": _extra,
+    "slurm_batch": _typed(int, "--slurm-batch"),
+    "ray_address": _typed(str, "--ray-address"),
+    "ray_cpus_per_cell": _typed(int, "--ray-cpus-per-cell"),
 }
 
 # keys that describe where and how a grid runs, not what it computes
-NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers")
+NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers", "executor", "max_retries",
+                 "detach", "slurm_partition", "slurm_time", "slurm_gpus_per_task", "slurm_cpus_per_task", "slurm_mem",
+                 "slurm_array_parallelism", "slurm_qos", "slurm_account", "slurm_extra", "slurm_batch", "ray_address",
+                 "ray_cpus_per_cell")
 
 
 def plain_value(v: Any) -> Any:

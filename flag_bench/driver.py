@@ -29,6 +29,11 @@ class RunSummary:
     encoding_seconds: float = 0.0
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    executor: str = "serial"
+    slurm_job: str | None = None  # the job array this run submitted
+    detached: bool = False
+    collected: int = 0  # records of earlier SLURM submissions gathered at the start
+    tracking_offline: str | None = None  # why MLflow logging stopped mid-run (sync-tracking fixes it)
 
     @property
     def exit_code(self) -> int:
@@ -52,29 +57,54 @@ class Driver:
         from flag_bench.tracking import Tracker, default_tracking_uri
 
         cfg = self.cfg
-        device = resolve_device(cfg.device)
+        if cfg.executor != "local" and cfg.device.startswith("cuda"):
+            # cells run on the cluster's GPUs, which this (login) node need not have. Embeddings are
+            # cached per device kind, so a CPU node encoding for CUDA cells would be wasted: the
+            # array tasks encode on their GPUs into the shared cache instead
+            device = cfg.device
+            encode_device = device if resolve_device("auto").startswith("cuda") else None
+        else:
+            device = encode_device = resolve_device(cfg.device)
         uri = cfg.tracking_uri or default_tracking_uri(cfg.results_dir)
-        prov = provenance(device)
+        if device.startswith("cuda") and encode_device is None:
+            prov = {**provenance("cpu"), "device": device, "device_name": f"{device} on a {cfg.executor} node"}
+        else:
+            prov = provenance(device)
         plan = plan_grid(cfg, device=device, provenance=prov, results_dir=cfg.results_dir, cache_dir=self.cache_dir)
         with self.store.creation_lock():
-            tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite)
+            tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite, warn=self._warn)
         summary = RunSummary(planned=len(plan.tasks), tracking_uri=uri)
-        tracker.sync(self.store)  # cells finished by an interrupted run but missing from MLflow
+        if cfg.executor == "slurm":  # earlier submissions: their finished and lost tasks first
+            from flag_bench.cluster.slurm import collect
+
+            summary.collected = collect(self.store, lambda rec, parent: self.persist(rec, tracker, parent))["records"]
+        tracker.safely("logging cells an earlier run left unlogged", tracker.sync, self.store)
         summary.parent_run_id = tracker.start_parent(plan.grid_spec, prov)
         self.store.write_plan(plan.grid_spec, [t.summary() for t in plan.tasks])
         todo = [t for t in plan.tasks if cfg.force or not self.store.finished(t.cell.cell_id)]
         summary.skipped = len(plan.tasks) - len(todo)
+        where = f"{cfg.workers} worker(s)" if cfg.executor == "local" else f"executor {cfg.executor}"
         self.ui.print(f"flag-bench: {len(plan.tasks)} cells ({summary.skipped} already finished, {len(todo)} to run) "
-                      f"on {device}, {cfg.workers} worker(s); results in {cfg.results_dir}")
+                      f"on {device}, {where}; results in {cfg.results_dir}")
         with self.ui.session():
-            summary.encoding_seconds = self._encode(plan, todo, device)
+            if encode_device is not None:
+                summary.encoding_seconds = self._encode(plan, todo, encode_device)
             self._execute(todo, tracker, summary)
         finished = [r for r in (self.store.finished(t.cell.cell_id) for t in plan.tasks) if r]
-        tracker.log_curves(summary.parent_run_id, finished)
-        tracker.log_parent_metrics(summary.parent_run_id, {"encoding_seconds": summary.encoding_seconds})
+        tracker.safely("logging curves", tracker.log_curves, summary.parent_run_id, finished)
+        tracker.safely("logging the parent run", tracker.log_parent_metrics, summary.parent_run_id,
+                       {"encoding_seconds": summary.encoding_seconds})
         status = "KILLED" if summary.interrupted else ("FAILED" if summary.failed else "FINISHED")
-        tracker.end_parent(summary.parent_run_id, status)
+        tracker.safely("ending the parent run", tracker.end_parent, summary.parent_run_id, status)
+        summary.tracking_offline = tracker.offline
         return summary
+
+    def _warn(self, message: str) -> None:
+        self.ui.print(f"[yellow]warning[/yellow]: {message}")
+
+    def persist(self, rec: CellRecord, tracker, parent_run_id: str | None) -> Path:
+        return persist(self.store, tracker, rec, parent_run_id)
+
 
     def _encode(self, plan: Plan, todo: list[CellTask], device: str) -> float:
         """Every slide's embeddings once, before any cell: workers then only read the cache."""
@@ -114,7 +144,16 @@ class Driver:
         from flag_bench.estimate import Estimator
         from flag_bench.executors import make_executor
 
-        executor = make_executor(self.cfg.workers, self.ui.on_event, todo[0].device if todo else "cpu")
+        executor = make_executor(self.cfg, self.ui.on_event, todo[0].device if todo else "cpu", self.store)
+        summary.executor = executor.name
+        if executor.name == "slurm":
+            executor.parent_run_id = summary.parent_run_id
+
+            def submitted(sub) -> None:
+                summary.slurm_job, summary.detached = sub.job_id, self.cfg.detach
+                self.ui.print(f"submitted SLURM job array {sub.job_id} ({len(sub.tasks)} task(s)); logs in {sub.folder}")
+
+            executor.on_submitted = submitted
         by_id = {t.cell.cell_id: t for t in todo}
         self._left = dict(by_id)
         self._estimator = Estimator(self.store.records())
@@ -135,16 +174,12 @@ class Driver:
                 self.store.release(t.cell.cell_id)
 
     def _record(self, rec: CellRecord, task: CellTask, tracker, summary: RunSummary) -> None:
-        path = self.store.write(rec)
+        path = self.persist(rec, tracker, summary.parent_run_id)
         if rec.ok:
             summary.ok += 1
-            run_id = tracker.log_record(rec, self.store.artifact_dir(rec.cell_id), summary.parent_run_id)
-            self.store.mark_logged(rec.cell_id, tracker.uri, run_id)
         else:
             summary.failed.append((task.description, rec.error.message))
-            tracker.log_record(rec, None, summary.parent_run_id)
             self.ui.print(f"[red]FAILED[/red] {task.description}: {rec.error.message} (traceback in {path})")
-        self.store.release(rec.cell_id)
         if rec.ok and rec.costs.get("total_seconds") is not None:
             self._estimator.add(rec.cell, float(rec.costs["total_seconds"]))
         self._left.pop(rec.cell_id, None)
@@ -165,3 +200,18 @@ class Driver:
             if secs and unknown:
                 text += f" + {unknown} cell(s) never timed"
             self.ui.grid_eta(text)
+
+
+def persist(store: ResultsStore, tracker, rec: CellRecord, parent_run_id: str | None) -> Path:
+    """Store first (the source of truth), then MLflow; the claim goes once both are done. A record
+    already stored and logged (collected twice) is written nowhere again."""
+    if rec.ok and store.finished(rec.cell_id) and store.logged_run_id(rec.cell_id, tracker.uri):
+        store.release(rec.cell_id, force=True)
+        return store.record_path(rec.cell_id)
+    path = store.write(rec)
+    run_id = tracker.safely(f"logging cell {rec.cell_id}", tracker.log_record, rec,
+                            store.artifact_dir(rec.cell_id) if rec.ok else None, parent_run_id)
+    if rec.ok and run_id:
+        store.mark_logged(rec.cell_id, tracker.uri, run_id)
+    store.release(rec.cell_id, force=True)
+    return path

@@ -6,13 +6,15 @@
   shared 2-core machine made a ``flag`` fold 6-7x slower); with several CUDA devices each worker
   takes one. Workers ignore Ctrl-C (the driver decides) and die with the driver (kill -9 too).
 
-An executor for a cluster implements the same protocol: tasks are picklable specs, the worker
-calls ``run_cell``, writes artifacts under the results dir and returns the record.
+- ``slurm`` (flag_bench.cluster.slurm) and ``ray`` (flag_bench.cluster.ray): the same protocol;
+  tasks are picklable specs, the worker calls ``run_cell``, writes artifacts under the results
+  dir and returns the record.
+
+Every engine sizes torch/OpenMP/BLAS threads through flag_bench.cluster.threads.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -40,18 +42,14 @@ class SerialExecutor:
         self.on_event = on_event
 
     def map(self, tasks: Iterable[CellTask]) -> Iterator[CellRecord]:
+        from flag_bench.cluster.threads import granted_cpus, limit_threads
+
+        limit_threads(granted_cpus())
         for task in tasks:
             yield run_cell(task, self.on_event)
 
     def shutdown(self) -> list[CellRecord]:
         return []
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -61,16 +59,11 @@ _WORKER: dict = {}
 def _init_worker(queue, counter, devices: tuple[str, ...], threads: int) -> None:
     import signal
 
+    from flag_bench.cluster.threads import limit_threads
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    from threadpoolctl import threadpool_limits
-
-    _WORKER["limits"] = threadpool_limits(threads)  # kept alive for the worker's lifetime
-    import torch
-
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -106,7 +99,9 @@ class PoolExecutor:
         self.workers = workers
         self.on_event = on_event
         self.devices = devices
-        self.threads = max(1, available_cpus() // workers)
+        from flag_bench.cluster.threads import granted_cpus
+
+        self.threads = granted_cpus(workers)
         self._pool = None
         self._inflight: dict = {}
 
@@ -186,7 +181,20 @@ class PoolExecutor:
         self._drain.join(timeout=2)
 
 
-def make_executor(workers: int, on_event: EventSink | None, device: str) -> Executor:
+def make_executor(cfg, on_event: EventSink | None, device: str, store=None) -> Executor:
+    """The executor ``cfg.executor`` names (local: serial or a --workers pool)."""
+    if cfg.executor == "slurm":
+        from flag_bench.cluster.slurm import SlurmExecutor
+
+        return SlurmExecutor(cfg, store)
+    if cfg.executor == "ray":
+        from flag_bench.cluster.ray import RayExecutor
+
+        return RayExecutor(cfg, on_event, device)
+    return local_executor(cfg.workers, on_event, device)
+
+
+def local_executor(workers: int, on_event: EventSink | None, device: str) -> Executor:
     if workers <= 1:
         return SerialExecutor(on_event)
     devices: tuple[str, ...] = ()

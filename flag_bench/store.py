@@ -6,7 +6,10 @@ Layout under the results dir:
     cells/<cell_id>.failed-<time>.json   each failed attempt, kept (never overwritten)
     cells/<cell_id>.mlflow               marker: the MLflow run id this record was logged as
     artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
-    claims/<cell_id>.claim               a run computing this cell right now (pid, host, time)
+    claims/<cell_id>.claim               a run computing this cell right now (pid, host, time), or
+                                         the SLURM array task computing it (slurm_job): alive
+                                         while squeue lists that job
+    slurm/                               submitit's job folder and one file per SLURM submission
     plans/<time>-<pid>.json              the cells each invocation planned (so a report can name
                                          planned cells that never finished)
     .flag-bench.lock                     held while the store and the MLflow database are created
@@ -161,15 +164,29 @@ class ResultsStore:
             return True
         return False
 
+    def hand_over(self, cell_id: str, slurm_job: str) -> None:
+        """This process's claim now belongs to a SLURM array task: it outlives this process and
+        stays live while squeue lists the job (a scancelled or finished job's claim is stale)."""
+        path = self.claims / f"{cell_id}.claim"
+        atomic_write_json(path, {"pid": None, "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
+                                 "slurm_job": slurm_job})
+
+    def holder(self, cell_id: str) -> dict | None:
+        """The claim on a cell if a live process or SLURM job holds it, else None."""
+        holder = _read_claim(self.claims / f"{cell_id}.claim")
+        return holder if holder is not None and _alive(holder) else None
+
     def busy(self, cell_id: str) -> bool:
         """A live process holds this cell (it will write and log the record itself)."""
         holder = _read_claim(self.claims / f"{cell_id}.claim")
         return holder is not None and _alive(holder)
 
-    def release(self, cell_id: str) -> None:
+    def release(self, cell_id: str, force: bool = False) -> None:
+        """Drop this process's claim (``force``: whoever holds it; the caller wrote the record)."""
         path = self.claims / f"{cell_id}.claim"
         holder = _read_claim(path)
-        if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+        mine = holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+        if holder is not None and (mine or force):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -217,7 +234,10 @@ def _boot_id() -> str:
 
 
 def _alive(holder: dict) -> bool:
-    """Whether the claiming process still runs. Another host's claim is trusted (shared FS)."""
+    """Whether the claiming process (or SLURM job) still runs. Another host's process claim is
+    trusted (shared FS)."""
+    if holder.get("slurm_job"):
+        return slurm_job_alive(str(holder["slurm_job"]))
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False
@@ -240,3 +260,39 @@ def _not_zombie(pid: int) -> bool:
     except OSError:
         return True  # not Linux, or it just exited: os.kill said it exists
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+_SQUEUE: dict = {"at": -1e9, "jobs": {}}
+
+
+def slurm_jobs(max_age: float = 2.0) -> dict[str, str]:
+    """This user's SLURM jobs as {"<array job>_<task>" or "<job>": state}, one ``squeue`` call
+    cached for ``max_age`` seconds (a grid asks about hundreds of claims at once)."""
+    import subprocess
+
+    now = time.monotonic()
+    if now - _SQUEUE["at"] <= max_age:
+        return _SQUEUE["jobs"]
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"squeue cannot be run ({exc}); run flag-bench where the SLURM client commands work") from None
+    if out.returncode != 0:
+        raise UserError(f"squeue failed ({one_line(out.stderr)}); check that SLURM answers (`squeue --me`)")
+    jobs = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            jobs[parts[0]] = parts[1]
+    _SQUEUE.update(at=now, jobs=jobs)
+    return jobs
+
+
+def slurm_job_alive(job_id: str) -> bool:
+    return job_id in slurm_jobs()
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""

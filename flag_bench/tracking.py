@@ -197,12 +197,44 @@ def fetch_record(client, run_id: str) -> CellRecord:
 
 
 # -- the writer ---------------------------------------------------------------------------------
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 class Tracker:
-    def __init__(self, uri: str, results_dir: Path, suite: str):
+    """The driver's MLflow writer. Logging a cell never stops a grid: the first failure (a
+    tracking server that went away) is reported once through ``warn`` and the rest of the
+    invocation logs nothing more; the results store has every record and ``flag-bench
+    sync-tracking`` (or the next run) logs what is missing."""
+
+    def __init__(self, uri: str, results_dir: Path, suite: str, warn=None):
+        import os
+
         self.uri = uri
+        self.warn = warn or _stderr
+        self.offline: str | None = None
+        if is_server(uri):
+            # MLflow retries a refused connection 7 times with backoff (minutes per call); the store
+            # is the source of truth, so fail fast and let sync-tracking catch up
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
         self.client = open_client(uri)
-        art = (Path(results_dir).resolve() / "mlartifacts").as_uri()
+        # a server stores artifacts where its --artifacts-destination says; a local store beside results
+        art = None if is_server(uri) else (Path(results_dir).resolve() / "mlartifacts").as_uri()
         self.experiment_id = _experiment_id(self.client, experiment_name(suite), art)
+
+    def safely(self, what: str, fn, *args, **kwargs):
+        """Call a logging method; on failure warn once, go offline and return None."""
+        if self.offline:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # any transport or server error: the store keeps the record
+            self.offline = f"{type(exc).__name__}: {one_line(str(exc), 200)}"
+            self.warn(f"MLflow logging at {self.uri} failed while {what} ({self.offline}); the results store keeps "
+                      "every cell, and `flag-bench sync-tracking` logs the missing ones once the server answers")
+            return None
 
     def _log(self, run_id: str, metrics: Mapping[str, float] | None = None, params: Mapping[str, str] | None = None,
              tags: Mapping[str, str] | None = None, step: int = 0) -> None:
@@ -255,15 +287,47 @@ class Tracker:
         return run_id
 
     def sync(self, store) -> int:
-        """Log finished records whose MLflow run is missing (a run killed between the two writes)."""
+        """Log finished records whose MLflow run is missing (a run killed between the two writes,
+        a server that was down). A cell the server already has as a finished run is only marked,
+        and runs a dead writer left unfinished are deleted, so each cell has one run."""
+        missing = [rec for rec in store.records()
+                   # a cell claimed by a live run is that run's to log (it may be between the two writes)
+                   if not store.logged_run_id(rec.cell_id, self.uri) and not store.busy(rec.cell_id)]
+        if not missing:
+            return 0
+        finished, unfinished = self.cell_runs()
         n = 0
-        for rec in store.records():
-            # a cell claimed by a live run is that run's to log (it may be between the two writes)
-            if not store.logged_run_id(rec.cell_id, self.uri) and not store.busy(rec.cell_id):
+        for rec in missing:
+            for run_id in unfinished.get(rec.cell_id, ()):
+                self.client.delete_run(run_id)
+            run_id = finished.get(rec.cell_id)
+            if run_id is None:
                 run_id = self.log_record(rec, store.artifact_dir(rec.cell_id), None)
-                store.mark_logged(rec.cell_id, self.uri, run_id)
                 n += 1
+            store.mark_logged(rec.cell_id, self.uri, run_id)
         return n
+
+    def cell_runs(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """({cell_id: run id of its finished ok run}, {cell_id: [run ids never terminated]})."""
+        from mlflow.entities import ViewType
+
+        finished: dict[str, str] = {}
+        unfinished: dict[str, list[str]] = defaultdict(list)
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], f"tags.`{T_LEVEL}` = 'cell'",
+                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+            for run in page:
+                cid, status = run.data.tags.get(T_CELL), run.info.status
+                if cid is None:
+                    continue
+                if status == "FINISHED" and run.data.tags.get(T_STATUS) == "ok":
+                    finished.setdefault(cid, run.info.run_id)
+                elif status in ("RUNNING", "SCHEDULED"):
+                    unfinished[cid].append(run.info.run_id)
+            token = page.token
+            if not token:
+                return finished, dict(unfinished)
 
     # -- curves ------------------------------------------------------------------------------
     def log_curves(self, parent_id: str, records: Iterable[CellRecord]) -> None:
@@ -287,3 +351,9 @@ class Tracker:
         for g, metrics in sorted(by_step.items()):
             self._log(parent_id, metrics=metrics, step=g)
         self._log(parent_id, tags=labels)
+
+
+def _stderr(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

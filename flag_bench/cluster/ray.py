@@ -1,0 +1,131 @@
+"""``--executor ray``: one Ray task per cell on a Ray cluster (``--ray-address``) or a local one.
+
+Each task reserves ``--ray-cpus-per-cell`` CPUs and, for a CUDA device, one GPU (Ray sets
+``CUDA_VISIBLE_DEVICES`` and gives GPU tasks a fresh worker each); it sizes its threads to the
+CPUs it reserved, runs ``run_cell`` and returns the record as JSON. A bounded window of tasks is
+in flight, so claims stay lazy; the driver writes store and MLflow. A worker that dies becomes
+a failed record (Ray's own retries of dead workers still apply); Python errors are failed records
+already and are never retried.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Iterable, Iterator
+
+from flag_bench.errors import UserError
+from flag_bench.record import CellRecord
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'flag-bench[ray]'") from None
+    return ray
+
+
+def run_one(task, cpus: int) -> dict:
+    """The body of a Ray task (module-level, so Ray ships it by reference)."""
+    from flag_bench.cell import run_cell
+    from flag_bench.cluster.slurm import with_scheduler
+    from flag_bench.cluster.threads import limit_threads
+
+    limit_threads(cpus)
+    t0 = time.monotonic()
+    rec = run_cell(task, lambda kind, payload: None)
+    info = {"engine": "ray", "node": socket.gethostname(), "pid": os.getpid(), "cpus": cpus,
+            "cell_elapsed_s": round(time.monotonic() - t0, 3)}
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        info.update(node_id=ctx.get_node_id(), task_id=ctx.get_task_id())
+    except Exception:  # outside a Ray worker (unit tests call this directly)
+        pass
+    return with_scheduler(rec, info).to_json()
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, cfg, on_event=None, device: str = "cpu"):
+        self.ray = require_ray()
+        self.cfg, self.on_event, self.device = cfg, on_event, device
+        self._started = False
+        self._inflight: dict = {}
+
+    def _init(self) -> int:
+        """Join or start a cluster; returns how many cells fit at once."""
+        from flag_bench.cluster.threads import granted_cpus
+
+        ray = self.ray
+        if not ray.is_initialized():
+            if self.cfg.ray_address:
+                try:
+                    ray.init(address=self.cfg.ray_address, log_to_driver=False)
+                except Exception as exc:
+                    raise UserError(f"--ray-address {self.cfg.ray_address}: cannot join that Ray cluster "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                    "check the address (`ray status` on the head node)") from None
+            else:
+                # a private local cluster: no dashboard, a capped object store (records are small),
+                # and no auth token written into the user's home
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                ray.init(num_cpus=granted_cpus(), include_dashboard=False, object_store_memory=200 * 2**20,
+                         log_to_driver=False)
+            self._started = True
+        total = int(ray.cluster_resources().get("CPU", 1))
+        return max(1, total // self.cfg.ray_cpus_per_cell)
+
+    def map(self, tasks: Iterable) -> Iterator[CellRecord]:
+        ray = self.ray
+        slots = self._init()
+        cpus = self.cfg.ray_cpus_per_cell
+        gpus = 1 if self.device.startswith("cuda") else 0
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=self.cfg.max_retries)(run_one)
+        it = iter(tasks)
+        try:
+            while True:
+                while len(self._inflight) < slots:
+                    task = next(it, None)
+                    if task is None:
+                        break
+                    self._inflight[remote.remote(task, cpus)] = task
+                if not self._inflight:
+                    return
+                done, _ = ray.wait(list(self._inflight), num_returns=1)
+                for ref in done:
+                    yield self._result(ref, self._inflight.pop(ref))
+        finally:
+            if self._inflight:
+                for ref in list(self._inflight):
+                    ray.cancel(ref, force=True)
+                self._inflight.clear()
+
+    def _result(self, ref, task) -> CellRecord:
+        from flag_bench.cell import crashed_record
+
+        try:
+            return CellRecord.from_json(self.ray.get(ref), where="Ray task result")
+        except Exception as exc:  # the worker died (OOM kill, segfault) or the task was cancelled
+            return crashed_record(task, exc)
+
+    def shutdown(self) -> list[CellRecord]:
+        done = []
+        for ref, task in list(self._inflight.items()):
+            ready, _ = self.ray.wait([ref], timeout=0)
+            if ready:
+                done.append(self._result(ref, task))
+                self._inflight.pop(ref)
+        if self._started:
+            for ref in list(self._inflight):
+                self.ray.cancel(ref, force=True)
+            self._inflight.clear()
+            # a cluster we started goes with us; one we joined stays up for its other users
+            if not self.cfg.ray_address:
+                self.ray.shutdown()
+            self._started = False
+        return done
