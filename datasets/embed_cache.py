@@ -100,9 +100,15 @@ def _read(path: Path, n_spots: int, dim: int) -> np.ndarray | None:
         return None
 
 
+# tiles read and encoded at once on a cache miss: whole batches of the encoder, so the numbers are
+# those of encoding the slide in one call, and memory stays bounded on a 20,000-spot slide (whose
+# tiles at 224 px would be 3 GB at once)
+CHUNK_BATCHES = 8
+
+
 def embeddings_for(
     ref: SlideRef,
-    read_tiles: Callable[[PatchSpec], np.ndarray],
+    read_tiles: Callable[[PatchSpec, np.ndarray], np.ndarray],
     encoder: Encoder,
     patch: PatchSpec,
     *,
@@ -110,8 +116,9 @@ def embeddings_for(
     cache_dir: str | os.PathLike | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """float32 (n_spots, D) embeddings of the slide's tiles at ``patch`` (read-only array);
-    ``read_tiles(patch)`` is called only on a miss; ``on_batch(n)`` reports encoded tiles."""
+    """float32 (n_spots, D) embeddings of the slide's tiles at ``patch`` (read-only array).
+    On a miss, ``read_tiles(patch, spots)`` (uint8 tiles of the sorted spot indices ``spots``)
+    is called a chunk of spots at a time; ``on_batch(n)`` reports encoded tiles."""
     path = cache_path(ref, encoder, patch, device=device, cache_dir=cache_dir)
     memo_key = str(path)
     if memo_key in _MEMO:
@@ -119,12 +126,20 @@ def embeddings_for(
     arr = _read(path, ref.n_spots, encoder.dim)
     if arr is None:
         # a plugin encoder may override encode() without the progress hook
-        extra = {"on_batch": on_batch} if on_batch is not None and _takes(encoder.encode, "on_batch") else {}
-        arr = encoder.encode(read_tiles(patch), device=device, **extra)
-        if arr.shape != (ref.n_spots, encoder.dim):
-            raise RuntimeError(f"encoder {encoder.name} returned {arr.shape} for slide {ref.slide_id} "
-                               f"({ref.n_spots} spots, dim {encoder.dim})")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        hook = on_batch is not None and _takes(encoder.encode, "on_batch")
+        arr = np.empty((ref.n_spots, encoder.dim), dtype=np.float32)
+        step = max(1, int(encoder.batch_size)) * CHUNK_BATCHES
+        for lo in range(0, ref.n_spots, step):
+            spots = np.arange(lo, min(lo + step, ref.n_spots))
+            part = encoder.encode(read_tiles(patch, spots), device=device, **({"on_batch": on_batch} if hook else {}))
+            if part.shape != (len(spots), encoder.dim):
+                raise RuntimeError(f"encoder {encoder.name} returned {part.shape} for {len(spots)} tiles of slide "
+                                   f"{ref.slide_id} (dim {encoder.dim})")
+            arr[spots] = part
+            if on_batch is not None and not hook:
+                on_batch(len(spots))
+        if not np.isfinite(arr).all():
+            raise RuntimeError(f"encoder {encoder.name} returned non-finite embeddings for slide {ref.slide_id}")
         atomic_write(path, lambda tmp: np.save(tmp, arr, allow_pickle=False))
     arr.setflags(write=False)
     _MEMO[memo_key] = arr
@@ -136,7 +151,13 @@ def get_embeddings(dataset: SpatialDataset, slide_id: str, encoder: Encoder, pat
     """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array);
     ``options`` (device, cache_dir, on_batch) as for ``embeddings_for``."""
     slide = dataset.slide(slide_id)
-    return embeddings_for(SlideRef.of(dataset, slide_id), slide.tiles, encoder, patch, **options)
+    if slide.tile_reader is None:
+        from flag_bench.errors import UserError
+
+        raise UserError(f"dataset {dataset.name}: slide {slide_id} has no image or patches, so it cannot be "
+                        "embedded; give the slide's image or patches in the dataset spec")
+    return embeddings_for(SlideRef.of(dataset, slide_id), lambda p, spots: slide.tile_reader(slide_id, p, spots),
+                          encoder, patch, **options)
 
 
 def _takes(fn: Callable, name: str) -> bool:

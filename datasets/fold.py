@@ -12,8 +12,10 @@ only read the cache and two workers never encode the same slide at once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping, Sequence
 
@@ -67,6 +69,15 @@ class FoldViews:
     panel: GenePanel
 
 
+def _test_informed(selector: PanelSelector, ds: SpatialDataset) -> bool:
+    """A gene-list file the dataset declares chosen with its test samples
+    (``meta['test_informed_files']``, e.g. HEST-Benchmark's var_50genes.json): the panel is a
+    fixed list, fitted on no fold, and the leaderboard marks it."""
+    path = selector.params.get("path")
+    declared = ds.meta.get("test_informed_files") or ()
+    return bool(path) and str(Path(path).resolve()) in {str(Path(f).resolve()) for f in declared}
+
+
 class FoldBuilder:
     """Builds the views of one dataset's folds; memoises panels and per-slide expression."""
 
@@ -101,10 +112,13 @@ class FoldBuilder:
             raise UserError(f"fold '{spec.fold.name}': slide(s) {', '.join(unknown)} not in dataset {self.ds.name}")
         key = (selector_key(selector), int(spec.n_genes), tuple(sorted(non_test)))
         if key not in self._panels:
-            self._panels[key] = selector.fit(
+            panel = selector.fit(
                 [self.ds.slide(s).counts for s in non_test], self.ds.genes, int(spec.n_genes),
                 train_slides=non_test, dataset_version=self.ds.version,
             )
+            if _test_informed(selector, self.ds):
+                panel = dataclasses.replace(panel, stats={**panel.stats, "test_informed": True})
+            self._panels[key] = panel
         return self._panels[key]
 
     def build(self, spec: FoldSpec, selector: PanelSelector, *, embeddings: bool) -> FoldViews:

@@ -67,8 +67,12 @@ class SlideImage:
     def embeddings(self, encoder_name: str, patch: PatchSpec | None = None) -> np.ndarray:
         """float32 (n_spots, D) read-only embeddings through the embedding cache."""
         encoder = self.encoders(encoder_name)
-        return embeddings_for(self.ref, self.tiles, encoder, patch or self.patch,
+        return embeddings_for(self.ref, self.read, encoder, patch or self.patch,
                               device=self.device, cache_dir=self.cache_dir)
+
+    def read(self, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        """uint8 tiles of the sorted spot indices ``spots`` (all spots when None) at ``patch``."""
+        return self.reader(self.ref.slide_id, patch, spots)
 
     def region(self, where: int | Sequence[float], size_um: float, px: int) -> np.ndarray:
         """uint8 (px, px, 3): ``size_um`` of tissue around spot ``where`` (an index) or around a

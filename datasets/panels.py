@@ -193,8 +193,30 @@ class HVG(PanelSelector):
         return self._panel(genes, np.flatnonzero(ok)[sel], train_slides, dataset_version)
 
 
+def _read_gene_list(p: Path, path: str) -> list[str]:
+    """Symbols from a text file (one per line, '#' comments) or a JSON list / ``{"genes": [...]}``."""
+    if p.suffix.lower() == ".json":
+        import json
+
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--panel file:{path}: not valid JSON ({exc.msg}, line {exc.lineno}); fix the file") from None
+        genes = data.get("genes") if isinstance(data, dict) else data
+        if not isinstance(genes, list) or not all(isinstance(g, str) for g in genes):
+            raise UserError(f"--panel file:{path}: expected a JSON list of gene symbols or {{\"genes\": [...]}}")
+        return [g.strip() for g in genes if g.strip()]
+    genes = [ln.split("#")[0].strip() for ln in p.read_text().splitlines()]
+    return [g for g in genes if g]
+
+
 class FilePanel(PanelSelector):
-    """The first G genes of a user's gene list (one symbol per line; '#' comments)."""
+    """The first G genes of a user's gene list: a text file (one symbol per line, '#' comments)
+    or a JSON list / ``{"genes": [...]}`` such as HEST-Benchmark's ``var_50genes.json``.
+
+    ``stats['test_informed']`` is False here; the fold builder sets it True when the dataset
+    declares the file as chosen with its test samples (``meta['test_informed_files']``).
+    """
 
     name = "file"
 
@@ -202,9 +224,9 @@ class FilePanel(PanelSelector):
         super().__init__(path=str(path))
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"--panel file:{path}: no such file; give a text file with one gene symbol per line")
-        self._genes = [ln.split("#")[0].strip() for ln in p.read_text().splitlines()]
-        self._genes = [g for g in self._genes if g]
+            raise UserError(f"--panel file:{path}: no such file; give a text file with one gene symbol per line "
+                            "or a JSON list of genes")
+        self._genes = _read_gene_list(p, path)
         if not self._genes:
             raise UserError(f"--panel file:{path}: the file lists no genes")
         if len(set(self._genes)) != len(self._genes):
@@ -222,7 +244,8 @@ class FilePanel(PanelSelector):
                 f"--panel file:{self.params['path']}: {len(missing)} gene(s) not in the dataset "
                 f"({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); remove them from the file"
             )
-        return self._panel(list(genes), [pos[g] for g in wanted], train_slides, dataset_version)
+        return self._panel(list(genes), [pos[g] for g in wanted], train_slides, dataset_version,
+                           test_informed=False)
 
 
 def make_selector(spec: PanelSpec, cls: type[PanelSelector]) -> PanelSelector:

@@ -37,7 +37,7 @@ class Fold:
 
 @dataclass(frozen=True)
 class SplitPlan:
-    scheme: str  # "slide", "patient" or "file:<path>"
+    scheme: str  # "slide", "patient", "hest" or "file:<path>"
     folds: tuple[Fold, ...]
     patient_overlap: bool  # some fold has its test patient in train (recorded in the protocol)
     description: str
@@ -132,10 +132,21 @@ def _file_folds(ds: SpatialDataset, spec: SplitSpec, allow: bool | None) -> _Fol
     return _Folds(read_split_file(path), ds.slide_ids, bool(allow), f"split file {path.name}")
 
 
+def _hest_folds(ds: SpatialDataset, spec: SplitSpec, allow: bool | None) -> _Folds:
+    where = ds.meta.get("hest_splits_dir")
+    if not where:
+        raise UserError(f"--split hest: dataset {ds.name} has no HEST-Benchmark folds; use a hest-bench: dataset, "
+                        "or --split file:DIR for a folder of train_k.csv/test_k.csv")
+    path = Path(where)
+    return _Folds(read_split_file(path), ds.slide_ids, bool(allow),
+                  f"HEST-Benchmark folds of task {ds.meta.get('task', path.parent.name)} (splits/train_k.csv, test_k.csv)")
+
+
 _SCHEMES: dict[str, Callable[[SpatialDataset, SplitSpec, "bool | None"], _Folds]] = {
     "slide": _slide_folds,
     "patient": _patient_folds,
     "file": _file_folds,
+    "hest": _hest_folds,
 }
 
 
@@ -145,10 +156,16 @@ def make_split(ds: SpatialDataset, spec: SplitSpec, *, allow_patient_overlap: bo
 
     allow_patient_overlap: None = the dataset decides (its documented within-patient slide
     protocol is allowed), True/False = the user's explicit choice.
+
+    ``default`` resolves to the dataset's own scheme (patient where a loader knows patients, a
+    HEST-Benchmark task's folds, her2st-mini's slide protocol); the plan's ``scheme`` is the
+    resolved one, so a cell never records "default".
     """
+    if spec.kind == "default":
+        spec = SplitSpec.parse(ds.default_split)
     build = _SCHEMES.get(spec.kind)
     if build is None:
-        raise UserError(f"--split {spec}: unknown scheme; use slide, patient or file:PATH (JSON or HEST-style folder)")
+        raise UserError(f"--split {spec}: unknown scheme; use slide, patient, hest or file:PATH (JSON or HEST-style folder)")
     made = build(ds, spec, allow_patient_overlap)
     overlap = False
     for f in made.folds:

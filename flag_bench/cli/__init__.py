@@ -39,7 +39,7 @@ def _root(
     """Benchmark H&E -> spatial gene expression methods (FLAG, Stem, controls) on leakage-safe grids."""
 
 
-from flag_bench.cli import catalog, report, run  # noqa: E402,F401  (register the commands)
+from flag_bench.cli import catalog, cluster, data, report, run  # noqa: E402,F401  (register the commands)
 
 
 def main() -> None:

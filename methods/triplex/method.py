@@ -167,7 +167,7 @@ class Triplex(TorchMethod):
         from flag_bench.datasets.embed_cache import embeddings_for
 
         img = s.image
-        return embeddings_for(img.ref, img.tiles, self._encoder(s), img.patch, device=img.device,
+        return embeddings_for(img.ref, img.read, self._encoder(s), img.patch, device=img.device,
                               cache_dir=img.cache_dir)
 
     def _part(self, s, raw: np.ndarray) -> dict:

@@ -1,0 +1,226 @@
+"""Tile readers for users' data: patches stored in HDF5 (HEST ``patches/*.h5``), and regions cut
+from a full-resolution image (tifffile / Pillow, or OpenSlide for pyramidal TIFF and SVS).
+
+Both readers are picklable (paths and small arrays only) and open files per call, so slides can
+cross process boundaries and a 20,000-spot slide is never decoded at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flag_bench.datasets.base import PatchSpec
+from flag_bench.errors import UserError
+
+BACKGROUND = 255  # white outside the image: what a slide scanner shows off tissue
+
+
+def resample(tile: np.ndarray, stored_um: float, patch: PatchSpec) -> np.ndarray:
+    """uint8 (px, px, 3): the central ``patch.size_um`` of a square ``tile`` covering
+    ``stored_um``, resampled to ``patch.size_px`` with the same PIL call her2st-mini uses (so
+    the same stored pixels give the same patch in either loader)."""
+    from PIL import Image
+
+    stored_px = tile.shape[0]
+    side = patch.size_um / stored_um * stored_px
+    whole = abs(side - stored_px) < 1e-6
+    if whole and patch.size_px == stored_px:
+        return tile
+    lo = (stored_px - side) / 2.0
+    img = Image.fromarray(tile)
+    return np.asarray(img.resize((patch.size_px, patch.size_px), Image.Resampling.BICUBIC,
+                                 box=None if whole else (lo, lo, lo + side, lo + side)))
+
+
+def _check_patch(patch: PatchSpec, limit_um: float | None, what: str) -> None:
+    if patch.size_px < 1:
+        raise UserError(f"patch size {patch.size_px} px: must be a positive number of pixels")
+    if limit_um is not None and patch.size_um > limit_um + 1e-6:
+        raise UserError(f"patch size {patch.size_um:g} um: {what} stores {limit_um:g}-um patches only; "
+                        f"use --patch-um <= {limit_um:g}")
+
+
+class H5PatchReader:
+    """One slide's patches from a HEST-style ``patches/<id>.h5`` (``img`` (N, H, W, 3) uint8).
+
+    ``rows[i]`` is the h5 row of the slide's spot ``i`` (patches are matched by barcode, so the
+    file's order does not matter). Each stored patch covers ``stored_um`` of tissue; requests
+    crop and resample like her2st-mini's reader.
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray, stored_um: float, dataset: str = "img"):
+        self.path = Path(path)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.stored_um = float(stored_um)
+        self.dataset = dataset
+
+    @property
+    def max_field_um(self) -> float:
+        return self.stored_um
+
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (n_spots or len(spots), size_px, size_px, 3)."""
+        import h5py
+
+        _check_patch(patch, self.stored_um, str(self.path))
+        rows = self.rows if spots is None else self.rows[np.asarray(spots, dtype=np.int64)]
+        out = np.empty((len(rows), patch.size_px, patch.size_px, 3), dtype=np.uint8)
+        if len(rows) == 0:
+            return out
+        # h5py reads a point selection only for strictly increasing rows: read sorted, put back
+        order = np.argsort(rows, kind="stable")
+        uniq, inverse = np.unique(rows[order], return_inverse=True)
+        with h5py.File(self.path, "r") as f:
+            ds = f[self.dataset]
+            lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+            if len(uniq) * 2 >= hi - lo:  # dense request: one slab read is far faster than points
+                block = ds[lo:hi][uniq - lo]
+            else:
+                block = ds[uniq]
+        for k, i in enumerate(order):
+            out[i] = resample(block[inverse[k]], self.stored_um, patch)
+        return out
+
+
+def open_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of level 0, without decoding pixels where the format allows."""
+    if _use_openslide(path):
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as s:
+            return tuple(int(v) for v in s.dimensions)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as t:
+            shape = t.series[0].levels[0].shape
+            axes = t.series[0].levels[0].axes
+            return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def embedded_pixel_size(path: Path) -> float | None:
+    """um/px recorded in the image file (OpenSlide mpp, or TIFF resolution in cm/inch), else None."""
+    try:
+        if _use_openslide(path):
+            import openslide
+
+            with openslide.OpenSlide(str(path)) as s:
+                v = s.properties.get(openslide.PROPERTY_NAME_MPP_X)
+                return float(v) if v else None
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as t:
+                page = t.pages[0]
+                unit = page.tags.get("ResolutionUnit")
+                xres = page.tags.get("XResolution")
+                if unit is None or xres is None:
+                    return None
+                num, den = xres.value
+                per_unit = num / den if den else 0
+                um = {2: 25400.0, 3: 10000.0}.get(int(unit.value))
+                return um / per_unit if um and per_unit > 0 else None
+    except Exception:  # an unreadable tag means "not embedded", never a crash
+        return None
+    return None  # PNG/JPEG dpi are screen hints, not scanner resolution
+
+
+def _use_openslide(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif"):
+        return True
+    if suffix in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as t:
+                return len(t.series[0].levels) > 1
+        except Exception:
+            return False
+    return False
+
+
+_IMAGE_MEMO: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+class ImageTileReader:
+    """Cuts spot patches from one full-resolution image.
+
+    ``coords`` (n_spots, 2) are spot centres in the pixels of the image as read, x then y, and
+    ``um_per_px`` the image's pixel size. Pyramidal files are read region by region through
+    OpenSlide; a flat TIFF/PNG/JPEG is decoded once per process (memoised by path, size, mtime).
+    """
+
+    max_field_um = None
+
+    def __init__(self, path: Path, coords: np.ndarray, um_per_px: float):
+        self.path = Path(path)
+        self.coords = np.asarray(coords, dtype=np.float64)
+        self.um_per_px = float(um_per_px)
+
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        _check_patch(patch, None, str(self.path))
+        idx = np.arange(len(self.coords)) if spots is None else np.asarray(spots, dtype=np.int64)
+        out = np.empty((len(idx), patch.size_px, patch.size_px, 3), dtype=np.uint8)
+        if len(idx) == 0:
+            return out
+        side = patch.size_um / self.um_per_px  # source pixels
+        if _use_openslide(self.path):
+            import openslide
+
+            with openslide.OpenSlide(str(self.path)) as s:
+                for k, i in enumerate(idx):
+                    out[k] = self._cut(lambda x0, y0, n: np.asarray(
+                        s.read_region((x0, y0), 0, (n, n)).convert("RGB")), self.coords[i], side, patch)
+            return out
+        img = self._whole()
+        h, w = img.shape[:2]
+
+        def window(x0: int, y0: int, n: int) -> np.ndarray:
+            win = np.full((n, n, 3), BACKGROUND, dtype=np.uint8)
+            xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + n, w), min(y0 + n, h)
+            if xb > xa and yb > ya:
+                win[ya - y0:yb - y0, xa - x0:xb - x0] = img[ya:yb, xa:xb]
+            return win
+
+        for k, i in enumerate(idx):
+            out[k] = self._cut(window, self.coords[i], side, patch)
+        return out
+
+    @staticmethod
+    def _cut(read, center: np.ndarray, side: float, patch: PatchSpec) -> np.ndarray:
+        from PIL import Image
+
+        # an integer window with a margin, then a sub-pixel box: the patch is centred exactly
+        n = int(np.ceil(side)) + 2
+        x0, y0 = int(np.floor(center[0] - n / 2)), int(np.floor(center[1] - n / 2))
+        win = read(x0, y0, n)
+        bx, by = center[0] - side / 2 - x0, center[1] - side / 2 - y0
+        return np.asarray(Image.fromarray(np.ascontiguousarray(win)).resize(
+            (patch.size_px, patch.size_px), Image.Resampling.BICUBIC, box=(bx, by, bx + side, by + side)))
+
+    def _whole(self) -> np.ndarray:
+        st = self.path.stat()
+        key = (str(self.path), st.st_size, st.st_mtime_ns)
+        if key not in _IMAGE_MEMO:
+            if self.path.suffix.lower() in (".tif", ".tiff"):
+                import tifffile
+
+                arr = tifffile.imread(self.path)
+            else:
+                from PIL import Image
+
+                Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimately huge
+                with Image.open(self.path) as im:
+                    arr = np.asarray(im.convert("RGB"))
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, axis=2)
+            _IMAGE_MEMO.clear()  # one image at a time: slides are encoded one after another
+            _IMAGE_MEMO[key] = np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
+        return _IMAGE_MEMO[key]

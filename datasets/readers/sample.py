@@ -1,0 +1,142 @@
+"""One sample = an AnnData file + its patches (HEST ``patches/<id>.h5``) or a full-resolution
+image. Shared by the ``hest:``, ``hest-bench:`` and ``h5ad:`` loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flag_bench.datasets.readers.build import SlidePart, as_count_matrix, file_key
+from flag_bench.datasets.readers.images import (H5PatchReader, ImageTileReader, embedded_pixel_size,
+                                                open_image_size)
+from flag_bench.datasets.readers.validate import check_coords_inside, resolve_pixel_size
+from flag_bench.errors import UserError
+
+
+def read_adata(path: Path, spec: str):
+    """(anndata, counts CSR int32, barcodes, genes, gene_ids, coords (n, 2) px)."""
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # a truncated or foreign file: say which and what to do
+        raise UserError(f"{spec}: cannot read {path} as AnnData ({type(exc).__name__}); re-download or rewrite it") from None
+    if "spatial" not in adata.obsm:
+        raise UserError(f"{spec}: {path} has no obsm['spatial'] (spot centres in image pixels); add them or use the "
+                        "loader of the original format")
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    if not np.isfinite(coords).all():
+        raise UserError(f"{spec}: {path} obsm['spatial'] has missing or infinite values; drop those spots")
+    counts = as_count_matrix(adata.X, spec, f"{path} X")
+    barcodes = np.asarray(adata.obs_names).astype(str)
+    if len(set(barcodes)) != len(barcodes):
+        raise UserError(f"{spec}: {path} has duplicate obs names (barcodes); make them unique")
+    genes = tuple(str(g) for g in adata.var_names)
+    ids_col = next((c for c in ("gene_ids", "gene_id", "ensembl_id") if c in adata.var.columns), None)
+    gene_ids = tuple(str(v) for v in adata.var[ids_col]) if ids_col else ("",) * len(genes)
+    return adata, counts, barcodes, genes, gene_ids, coords
+
+
+def _h5_str(a) -> np.ndarray:
+    a = np.asarray(a).reshape(len(a), -1)[:, 0]
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object).astype(str)
+
+
+def match_patches(h5: Path, barcodes: np.ndarray, spec: str, st_path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(keep: indices of spots with a patch, rows: their h5 rows, img attrs) by barcode."""
+    import h5py
+
+    try:
+        with h5py.File(h5, "r") as f:
+            if "img" not in f or "barcode" not in f:
+                raise UserError(f"{spec}: {h5} lacks the 'img' or 'barcode' dataset of a HEST patch file; "
+                                "re-download it or give the image with image=")
+            img = f["img"]
+            if img.ndim != 4 or img.shape[-1] != 3 or img.dtype != np.uint8 or img.shape[1] != img.shape[2]:
+                raise UserError(f"{spec}: {h5} img is {img.dtype} {img.shape}, expected uint8 (N, S, S, 3) square RGB patches")
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in img.attrs.items()}
+            attrs["stored_px"] = int(img.shape[1])
+            patch_bc = _h5_str(f["barcode"][()])
+    except OSError as exc:
+        raise UserError(f"{spec}: cannot open {h5} as HDF5 ({exc}); re-download it") from None
+    if len(set(patch_bc)) != len(patch_bc):
+        raise UserError(f"{spec}: {h5} has duplicate barcodes; re-write the patch file with one patch per spot")
+    pos = {b: i for i, b in enumerate(patch_bc)}
+    spots = set(barcodes)
+    unknown = [b for b in patch_bc if b not in spots]
+    if unknown:
+        raise UserError(
+            f"{spec}: {len(unknown)} of {len(patch_bc)} patch barcodes in {h5} are not spots of {st_path} "
+            f"(e.g. {unknown[0]}); the files belong to different samples: give the matching patches/<id>.h5"
+        )
+    keep = np.array([i for i, b in enumerate(barcodes) if b in pos], dtype=np.int64)
+    rows = np.array([pos[barcodes[i]] for i in keep], dtype=np.int64)
+    return keep, rows, attrs
+
+
+def stored_field_um(attrs: dict, pixel_size_um: float, given: Any, spec: str, h5: Path) -> tuple[float, str]:
+    """Tissue width of one stored patch, micrometres, and how it was found.
+
+    HEST cuts ``patch_size_src`` level-0 pixels around each spot and resamples them to
+    ``patch_size_target``; level-0 pixels are the slide's pixel size, so the field is
+    ``patch_size_src * pixel_size_um`` (or ``downsample * stored px`` source pixels).
+    """
+    if given is not None:
+        v = float(given)
+        if not np.isfinite(v) or v <= 0:
+            raise UserError(f"{spec}: patch_um={given!r} must be a positive width in micrometres")
+        return v, "given (patch_um=)"
+    src = attrs.get("patch_size_src")
+    if src is None and attrs.get("downsample") is not None:
+        src = float(attrs["downsample"]) * attrs["stored_px"]
+    if src is None or not float(src) > 0:
+        raise UserError(f"{spec}: {h5} img has no patch_size_src or downsample attribute, so the patch width is "
+                        "unknown; add patch_um=WIDTH_UM to the dataset spec")
+    return float(src) * pixel_size_um, "patch_size_src x pixel size"
+
+
+def build_part(*, sid: str, patient: str, st_path: Path, patches: Path | None, image: Path | None,
+               spec: str, pixel_size: Any, embedded: float | None, embedded_detail: str, pitch_um: float | None,
+               spot_diameter_um: float, patch_um: Any, meta: dict,
+               recorded: tuple[float, str, str] | None = None) -> SlidePart:
+    """A SlidePart from one AnnData file and its patch file or image. ``recorded`` = (um/px,
+    source, detail) from the sample's metadata, used unless ``pixel_size`` is given."""
+    adata, counts, barcodes, genes, gene_ids, coords = read_adata(st_path, spec)
+    dropped = 0
+    if patches is not None:
+        keep, rows, attrs = match_patches(patches, barcodes, spec, st_path)
+        if len(keep) == 0:
+            raise UserError(f"{spec}: no spot of {st_path} has a patch in {patches}; give the matching patch file")
+        dropped = len(barcodes) - len(keep)
+        counts, barcodes, coords = counts[keep], barcodes[keep], coords[keep]
+    if image is not None and embedded is None:
+        emb = embedded_pixel_size(image)
+        if emb is not None:
+            embedded, embedded_detail = emb, f"resolution tags of {image.name}"
+    if recorded is not None and pixel_size is None:
+        um, source, detail = recorded
+    else:
+        um, source, detail = resolve_pixel_size(given=pixel_size, embedded=embedded, coords=coords, pitch_um=pitch_um,
+                                                spec=spec, where=f"sample {sid} ({st_path})",
+                                                detail_embedded=embedded_detail)
+    meta = {**meta, "pixel_size_source": source, "pixel_size_detail": detail, "st_file": str(st_path)}
+    if patches is not None:
+        field_um, how = stored_field_um(attrs, um, patch_um, spec, patches)
+        reader = H5PatchReader(patches, rows, field_um)
+        meta.update(patches_file=str(patches), patch_field_um=field_um, patch_field_source=how,
+                    patch_px_stored=attrs["stored_px"], image_source="patches")
+        key = (file_key(patches), rows.tobytes(), field_um)
+    elif image is not None:
+        w, h = open_image_size(image)
+        check_coords_inside(coords, (w, h), spec, f"{st_path} obsm['spatial']", str(image))
+        reader = ImageTileReader(image, coords, um)
+        meta.update(image_file=str(image), image_size=(w, h), image_source="image")
+        key = (file_key(image),)
+    else:
+        reader, key = None, ()
+        meta.update(image_source="none")
+    return SlidePart(id=sid, patient=patient, counts=counts, barcodes=barcodes, coords=coords, genes=genes,
+                     gene_ids=gene_ids, pixel_size_um=um, spot_diameter_um=spot_diameter_um, tile_reader=reader,
+                     meta=meta, source_key=key, dropped=dropped)

@@ -1,0 +1,181 @@
+"""``spaceranger``: Space Ranger 1.x and >= 2.0 ``outs`` folders.
+
+Spec: ``spaceranger:path=DIR[,image=FILE,id=NAME,patient=NAME,pixel_size=UM]`` for one run, or
+``spaceranger:manifest=FILE`` (CSV or TOML; columns ``sample_id, patient, path`` and optional
+``image, pixel_size``) for several runs as one dataset.
+
+- Counts: ``filtered_feature_bc_matrix.h5`` (Gene Expression features only).
+- Positions: ``spatial/tissue_positions.csv`` (>= 2.0, header) or ``tissue_positions_list.csv``
+  (1.x, no header), full-resolution pixels; ``spatial/scalefactors_json.json`` gives the spot
+  diameter.
+- Image: the full-resolution H&E given by ``image=`` (tifffile/Pillow; OpenSlide for pyramidal
+  TIFF and SVS). ``spatial/tissue_hires_image.png`` or ``tissue_lowres_image.png`` may be given
+  too: positions are then scaled by the matching scale factor (low resolution: smoke tests
+  only). Without an image the dataset serves counts and coordinates only.
+- Pixel size: ``pixel_size=`` > the image's resolution tags (full-resolution image only) >
+  estimated from the spot spacing (Visium: 100 um centre to centre) > error.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from flag_bench.datasets.base import SpatialDataset
+from flag_bench.datasets.readers.build import SlidePart, file_key, finish_dataset
+from flag_bench.datasets.readers.hest import check_keys
+from flag_bench.datasets.readers.images import ImageTileReader, embedded_pixel_size, open_image_size
+from flag_bench.datasets.readers.manifest import read_manifest
+from flag_bench.datasets.readers.validate import (PITCH_UM, check_coords_inside, need_dir, need_file, read_json,
+                                                  resolve_pixel_size)
+from flag_bench.errors import UserError
+
+NAME = "spaceranger"
+KEYS = ("path", "image", "id", "patient", "pixel_size", "manifest")
+_COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
+
+
+def read_10x_h5(path: Path, spec: str) -> tuple[sp.csr_matrix, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """(counts CSR (barcodes, genes) int32, barcodes, gene names, gene ids) of a 10x HDF5 matrix."""
+    def text(a):
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object).astype(str)
+
+    try:
+        with h5py.File(path, "r") as f:
+            g = f["matrix"]
+            n_genes, n_bc = (int(v) for v in g["shape"][()])
+            # 10x stores (genes, barcodes) CSC: the same arrays as (barcodes, genes) CSR
+            m = sp.csr_matrix((g["data"][()], g["indices"][()], g["indptr"][()]), shape=(n_bc, n_genes))
+            barcodes = text(g["barcodes"][()])
+            ft = g["features"]
+            names, ids = text(ft["name"][()]), text(ft["id"][()])
+            kind = text(ft["feature_type"][()]) if "feature_type" in ft else np.full(n_genes, "Gene Expression")
+    except (OSError, KeyError) as exc:
+        raise UserError(f"{spec}: {path} is not a 10x feature-barcode HDF5 matrix ({type(exc).__name__}: {exc}); "
+                        "give Space Ranger's filtered_feature_bc_matrix.h5") from None
+    keep = np.flatnonzero(kind == "Gene Expression")
+    m = sp.csr_matrix(m[:, keep])
+    if m.data.size and not np.allclose(m.data, np.round(m.data)):
+        raise UserError(f"{spec}: {path} holds non-integer values, not raw counts; give Space Ranger's raw matrix")
+    m = sp.csr_matrix((np.round(m.data).astype(np.int32), m.indices, m.indptr), shape=m.shape)
+    names, ids = names[keep], ids[keep]
+    # gene symbols can repeat (10x keeps both copies); make them unique the way scanpy does
+    seen: dict[str, int] = {}
+    uniq = []
+    for n in names:
+        k = seen.get(n, 0)
+        uniq.append(n if k == 0 else f"{n}-{k}")
+        seen[n] = k + 1
+    return m, barcodes, tuple(uniq), tuple(ids)
+
+
+def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, float]], Path]:
+    """barcode -> (x, y) full-resolution pixels, from either positions file."""
+    new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
+    path = new if new.is_file() else old
+    if not path.is_file():
+        raise UserError(f"{spec}: {spatial} has neither tissue_positions.csv nor tissue_positions_list.csv; "
+                        "copy the run's spatial/ folder from Space Ranger's outs/")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if rows and rows[0] and rows[0][0] == "barcode":
+        head, rows = rows[0], rows[1:]
+        missing = [c for c in _COLUMNS if c not in head]
+        if missing:
+            raise UserError(f"{spec}: {path} lacks column(s) {', '.join(missing)}; give Space Ranger's positions file")
+        ix, iy = head.index("pxl_col_in_fullres"), head.index("pxl_row_in_fullres")
+    else:
+        ix, iy = 5, 4
+    out = {}
+    try:
+        for r in rows:
+            if r:
+                out[r[0]] = (float(r[ix]), float(r[iy]))
+    except (IndexError, ValueError):
+        raise UserError(f"{spec}: {path} row {r!r} is not barcode,in_tissue,array_row,array_col,pxl_row,pxl_col; "
+                        "give Space Ranger's positions file") from None
+    return out, path
+
+
+def _outs(path: Path) -> Path:
+    return path / "outs" if (path / "outs" / "spatial").is_dir() and not (path / "spatial").is_dir() else path
+
+
+def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_size: Any, spec: str) -> SlidePart:
+    outs = _outs(need_dir(path, spec, "Space Ranger folder", "give the run's outs/ folder"))
+    matrix = need_file(outs / "filtered_feature_bc_matrix.h5", spec, "count matrix",
+                       "give the run's outs/ folder (it holds filtered_feature_bc_matrix.h5)")
+    counts, barcodes, genes, gene_ids = read_10x_h5(matrix, spec)
+    pos, pos_path = read_positions(outs / "spatial", spec)
+    missing = [b for b in barcodes if b not in pos]
+    if missing:
+        raise UserError(f"{spec}: {len(missing)} barcode(s) of {matrix} are not in {pos_path} (e.g. {missing[0]}); "
+                        "the matrix and the spatial/ folder come from different runs")
+    coords = np.array([pos[b] for b in barcodes], dtype=np.float64)
+    sf_path = outs / "spatial" / "scalefactors_json.json"
+    sf = read_json(sf_path, spec) if sf_path.is_file() else {}
+    meta: dict[str, Any] = {"run": str(outs), "positions_file": str(pos_path)}
+    embedded, detail, img_path, scale = None, "", None, 1.0
+    if image:
+        img_path = Path(image).expanduser()
+        img_path = img_path if img_path.is_absolute() else outs / img_path
+        need_file(img_path, spec, "image", "give image= the run's full-resolution H&E (path absolute or relative to outs/)")
+        for res in ("hires", "lowres"):
+            if img_path.name == f"tissue_{res}_image.png":
+                key = f"tissue_{res}_scalef"
+                if key not in sf:
+                    raise UserError(f"{spec}: {sf_path} has no {key} for {img_path.name}; give the full-resolution image")
+                scale = float(sf[key])
+        if scale == 1.0:
+            embedded = embedded_pixel_size(img_path)
+            detail = f"resolution tags of {img_path.name}"
+    # every array position of the positions file is the lattice (the matrix may keep a sparse subset)
+    lattice = np.array(list(pos.values()), dtype=np.float64)
+    um, source, how = resolve_pixel_size(given=pixel_size, embedded=embedded, coords=lattice, pitch_um=PITCH_UM["visium"],
+                                         spec=spec, where=f"{outs}", detail_embedded=detail)
+    diameter_px = sf.get("spot_diameter_fullres")
+    diameter_um = float(diameter_px) * um if diameter_px else 55.0
+    reader, key = None, ()
+    if img_path is not None:
+        img_coords = coords * scale
+        w, h = open_image_size(img_path)
+        check_coords_inside(img_coords, (w, h), spec, str(pos_path), str(img_path))
+        reader = ImageTileReader(img_path, img_coords, um / scale)
+        key = (file_key(img_path), scale)
+        meta.update(image_file=str(img_path), image_size=(w, h), image_scale=scale, image_source="image")
+    else:
+        meta["image_source"] = "none"
+    meta.update(pixel_size_source=source, pixel_size_detail=how)
+    return SlidePart(id=sid, patient=patient, counts=counts, barcodes=barcodes, coords=coords, genes=genes,
+                     gene_ids=gene_ids, pixel_size_um=um, spot_diameter_um=diameter_um, tile_reader=reader,
+                     meta=meta, source_key=key)
+
+
+def load(**params: Any) -> SpatialDataset:
+    spec = check_keys(NAME, params, KEYS, ())
+    if (params.get("path") is None) == (params.get("manifest") is None):
+        raise UserError(f"{spec}: give either path=OUTS_DIR (one run) or manifest=FILE (several runs)")
+    if params.get("manifest") is not None:
+        extra = sorted(k for k in params if k != "manifest")
+        if extra:
+            raise UserError(f"{spec}: with manifest= put {', '.join(extra)} in the manifest's columns")
+        rows = read_manifest(Path(str(params["manifest"])).expanduser(), spec, ("sample_id", "patient", "path"),
+                             ("image", "pixel_size"), ("path", "image"))
+        parts = [read_run(sid=r["sample_id"], patient=r["patient"], path=Path(r["path"]), image=r.get("image") or None,
+                          pixel_size=r.get("pixel_size") or None, spec=spec) for r in rows]
+        known = True
+    else:
+        path = Path(str(params["path"])).expanduser()
+        sid = str(params.get("id") or (path.parent.name if path.name == "outs" else path.name))
+        known = params.get("patient") is not None
+        parts = [read_run(sid=sid, patient=str(params.get("patient") or sid), path=path,
+                          image=None if params.get("image") is None else str(params["image"]),
+                          pixel_size=params.get("pixel_size"), spec=spec)]
+    return finish_dataset(parts, name=NAME, spec=spec, platform="Visium", organism="unknown",
+                          corpora=(), patients_known=known,
+                          meta={"patient_source": "given" if known else "unknown: each run is its own patient"})
