@@ -6,15 +6,22 @@
   features, 1280-d, 224-px input.
 - ``color-stats``: cheap, deterministic, non-learned colour/texture statistics for tests and
   synthetic scale studies.
+- pathology foundation models (``uni``, ``uni2-h``, ``h-optimus-0``, ``virchow2``, ``phikon``,
+  ``gigapath``) live in ``fm_encoders`` and read their weights from local files.
 
-Registry entries are the classes; instantiate with no arguments.
+Registry entries are the classes; instantiate with no arguments. Every encoder describes itself
+with ``provenance()`` (recorded in each cell's protocol card) and ``identity()`` (the encoder
+coordinate of a cell id: the bare name, unless the weights file is user-supplied and so must be
+part of the cell's identity).
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -22,6 +29,36 @@ from flag_bench.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per process per (path, size, mtime)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
+
+
+def remember_sha256(path: str | os.PathLike, size: int, mtime_ns: int, sha256: str) -> bool:
+    """Seed the memo with a hash computed elsewhere (the planning process), only while the file
+    still has that size and mtime; a worker then need not re-read a multi-GB file. True if used."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return False
+    if st.st_size != size or st.st_mtime_ns != mtime_ns:
+        return False
+    _SHA_MEMO[(str(p.resolve()), st.st_size, st.st_mtime_ns)] = sha256
+    return True
 
 
 def check_tiles(tiles: np.ndarray) -> np.ndarray:
@@ -40,6 +77,35 @@ class Encoder(abc.ABC):
     batch_size: int = 64
     # False when the numbers do not depend on the device (the embedding cache then shares them)
     device_dependent: ClassVar[bool] = True
+    # what the weights were trained on: corpus names (a leaderboard flags one that holds the
+    # benchmark's slides) and one line for people
+    pretrained_on: ClassVar[tuple[str, ...]] = ()
+    pretrained_description: ClassVar[str] = ""
+    # the tile the encoder was built for; None = any size / not defined
+    input_px: ClassVar[int | None] = None
+    um_per_px: ClassVar[float | None] = None
+
+    def weights_file(self) -> Path | None:
+        """The file the numbers come from (None for a non-learned encoder)."""
+        return None
+
+    def identity(self) -> str:
+        """The encoder's coordinate in a cell id. The bare name for built-ins whose weights ship
+        with the package (so existing results keep their ids)."""
+        return self.name
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-able: name, version, dim, weights path and sha256 (or None), pretraining, input."""
+        path = self.weights_file()
+        weights = None
+        if path is not None:
+            st = Path(path).stat()
+            weights = {"path": str(path), "sha256": file_sha256(Path(path)), "bytes": st.st_size,
+                       "mtime_ns": st.st_mtime_ns}
+        return {"name": self.name, "version": self.version, "dim": int(self.dim), "weights": weights,
+                "pretrained_on": list(self.pretrained_on), "pretrained_description": self.pretrained_description,
+                "input_px": self.input_px, "um_per_px": self.um_per_px,
+                "expected_patch_um": (self.input_px * self.um_per_px) if self.input_px and self.um_per_px else None}
 
     def encode(self, tiles: np.ndarray, device: str = "cpu",
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -163,6 +229,11 @@ class EfficientNetLite0(TorchEncoder):
     dim = 1280
     input_px = 224
     batch_size = 32
+    pretrained_on = ("ImageNet-1k",)
+    pretrained_description = "ImageNet-1k classification (natural images, no histology)"
+
+    def weights_file(self) -> Path | None:
+        return self.weights_path()
 
     @staticmethod
     def weights_path() -> Path:

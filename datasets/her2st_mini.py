@@ -171,5 +171,7 @@ def _load_file(p: Path) -> SpatialDataset:
             "patch_um": float(a["patch_um"]),
             "patch_px": int(a["patch_px"]),
             "data_file": str(p),
+            # public corpora these sections belong to (HEST-1k redistributes the her2st sections)
+            "corpora": ("HER2ST", "HEST-1k"),
         },
     )

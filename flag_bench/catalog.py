@@ -61,6 +61,11 @@ DATASETS: Registry = Registry(
     {
         "her2st-mini": "flag_bench.datasets.her2st_mini:load",
         "synthetic": "flag_bench.datasets.synthetic:load",
+        "hest": "flag_bench.datasets.readers.hest:load",
+        "hest-bench": "flag_bench.datasets.readers.hest_bench:load",
+        "spaceranger": "flag_bench.datasets.readers.spaceranger:load",
+        "st": "flag_bench.datasets.readers.legacy_st:load",
+        "h5ad": "flag_bench.datasets.readers.h5ad:load",
     },
 )
 
@@ -69,6 +74,14 @@ ENCODERS: Registry = Registry(
     {
         "efficientnet-lite0": "flag_bench.datasets.encoders:EfficientNetLite0",
         "color-stats": "flag_bench.datasets.encoders:ColorStats",
+        # pathology foundation models, weights from FLAG_BENCH_<NAME>_WEIGHTS or the local HF cache
+        # (CONCH is not here: its CoCa image tower needs open_clip; see datasets/fm_encoders.py)
+        "uni": "flag_bench.datasets.fm_encoders:Uni",
+        "uni2-h": "flag_bench.datasets.fm_encoders:Uni2H",
+        "h-optimus-0": "flag_bench.datasets.fm_encoders:HOptimus0",
+        "virchow2": "flag_bench.datasets.fm_encoders:Virchow2",
+        "phikon": "flag_bench.datasets.fm_encoders:Phikon",
+        "gigapath": "flag_bench.datasets.fm_encoders:Gigapath",
     },
 )
 

@@ -41,9 +41,29 @@ def fold_builder(task: CellTask):
         def resolve(name: str):
             return ENCODERS.get(ENCODERS.check(name))()
 
-        _BUILDERS[key] = FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=resolve(task.encoder),
+        _BUILDERS[key] = FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task),
                                      device=task.device, cache_dir=task.cache_dir, encoder_resolver=resolve)
     return _BUILDERS[key]
+
+
+def run_encoder(task: CellTask):
+    """The task's encoder as this process resolves it, checked against the plan: a worker that
+    finds other weights (another FLAG_BENCH_<NAME>_WEIGHTS, a changed file) would compute numbers
+    the cell id does not describe."""
+    from flag_bench.catalog import ENCODERS
+    from flag_bench.datasets.encoders import remember_sha256
+    from flag_bench.plan import encoder_identity
+
+    info = task.protocol.get("encoder_info") or {}
+    w = info.get("weights") or {}
+    if w.get("path") and w.get("sha256") and "mtime_ns" in w:
+        remember_sha256(w["path"], int(w["bytes"]), int(w["mtime_ns"]), str(w["sha256"]))
+    encoder = ENCODERS.get(ENCODERS.check(task.encoder))()
+    if info and encoder_identity(encoder) != task.cell.encoder:
+        found = getattr(encoder, "weights_file", lambda: None)()
+        raise UserError(f"encoder {task.encoder}: this process finds weights {found} ({encoder_identity(encoder)}), "
+                        f"the plan used {w.get('path')} ({task.cell.encoder}); give every worker the same weights file")
+    return encoder
 
 
 def progress_hook(on_event: EventSink, cell_id: str):

@@ -101,12 +101,57 @@ def resolve_methods(cfg: RunConfig) -> dict[str, tuple[type, Any]]:
     return out
 
 
-def protocol_card(cfg: RunConfig, split) -> dict[str, Any]:
+def encoder_info(encoder, patch) -> dict[str, Any]:
+    """The run encoder's provenance (name, version, weights file and sha256, pretraining, input)
+    plus the run's patch, recorded in every cell's protocol card. Resolves and hashes the weights
+    file of a foundation-model encoder (a missing or unreadable path fails here, before any
+    cell), but never loads a model."""
+    prov = getattr(encoder, "provenance", None)
+    info = dict(prov()) if callable(prov) else {"name": encoder.name, "version": encoder.version,
+                                                 "dim": int(encoder.dim), "weights": None, "pretrained_on": []}
+    info["run_patch"] = {"size_um": patch.size_um, "size_px": patch.size_px, "um_per_px": patch.um_per_px}
+    expected = info.get("um_per_px")
+    # the encoder resamples any tile to its input size; a ratio far from 1 means another magnification
+    info["run_um_per_px_over_encoder"] = (patch.um_per_px / expected) if expected else None
+    return info
+
+
+def encoder_identity(encoder) -> str:
+    """The encoder coordinate of a cell id: the bare name for the built-ins (existing ids stay),
+    name@version for an encoder whose weights a user supplies (other weights, other cells)."""
+    ident = getattr(encoder, "identity", None)
+    return ident() if callable(ident) else encoder.name
+
+
+def method_pretraining_corpora(cls) -> tuple[str, ...]:
+    """Hook: the corpora a method's own pretrained weights saw. ``MethodCard.pretrained`` holds
+    free text (``PretrainedWeights.trained_on``), so until it grows a structured field a card
+    declares corpus names in ``extra["pretraining_corpora"]``; this is the one place to change."""
+    extra = getattr(cls.card, "extra", None) or {}
+    return tuple(str(c) for c in extra.get("pretraining_corpora", ()))
+
+
+def pretraining_overlap(pretrained_on, corpora) -> list[str]:
+    """Sorted corpus names (spelt as the dataset spells them) present in both, case-insensitively."""
+    seen = {str(c).casefold() for c in pretrained_on}
+    return sorted({str(c) for c in corpora if str(c).casefold() in seen})
+
+
+def overlap_card(info: Mapping[str, Any], method_cls, dataset_corpora) -> dict[str, Any]:
+    """``pretraining_overlap`` (encoder and method together) and who brought each corpus."""
+    by_encoder = pretraining_overlap(info.get("pretrained_on", ()), dataset_corpora)
+    by_method = pretraining_overlap(method_pretraining_corpora(method_cls), dataset_corpora)
+    return {"pretraining_overlap": sorted(set(by_encoder) | set(by_method)),
+            "pretraining_overlap_by": {"encoder": by_encoder, "method": by_method},
+            "dataset_corpora": sorted({str(c) for c in dataset_corpora})}
+
+
+def protocol_card(cfg: RunConfig, split, encoder: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
         "protocol_version": PROTOCOL_VERSION,
         "suite": cfg.suite,
         "target_transform": str(cfg.target_transform),
-        "split": cfg.split.text,
+        "split": split.scheme,
         "split_description": split.description,
         "patient_overlap": split.patient_overlap,
         "panel_selector": cfg.panel.kind,
@@ -114,6 +159,7 @@ def protocol_card(cfg: RunConfig, split) -> dict[str, Any]:
         "encoder": cfg.encoder,
         "patch": f"{cfg.patch_um:g} um @ {cfg.patch_um / cfg.patch_px:g} um/px ({cfg.patch_px} px)",
         "pcc_aggregation": "per-gene r over spots of each test slide, mean over genes, then mean over test slides",
+        "encoder_info": dict(encoder) if encoder is not None else None,
     }
 
 
@@ -148,7 +194,7 @@ def _select_folds(split, cfg: RunConfig, ds) -> tuple:
         return folds
     bad = [i for i in cfg.folds if not 0 <= i < len(folds)]
     if bad:
-        raise UserError(f"--folds {bad[0]}: the {cfg.split.text} split of {ds.name} has folds 0..{len(folds) - 1}")
+        raise UserError(f"--folds {bad[0]}: the {split.scheme} split of {ds.name} has folds 0..{len(folds) - 1}")
     return tuple(folds[i] for i in cfg.folds)
 
 
@@ -161,20 +207,24 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
     from flag_bench.datasets.fold import FoldSpec
     from flag_bench.datasets.splits import carve_validation, make_split
 
-    ENCODERS.check(cfg.encoder)
+    encoder = ENCODERS.get(ENCODERS.check(cfg.encoder))()
     methods = resolve_methods(cfg)
     selector = make_selector(cfg.panel)  # a bad spec or panel file fails now
     panel_params = tuple(sorted(selector.params.items()))
     patch = PatchSpec(cfg.patch_um, cfg.patch_px)
+    enc_info = encoder_info(encoder, patch)  # a missing weights path fails here
+    enc_id = encoder_identity(encoder)
     tasks: list[CellTask] = []
     loaded = {}
     for spec in cfg.datasets:
         ds = loaded[spec.key] = load_dataset(spec)
         _check_dataset(ds, spec, cfg, methods)
         split = make_split(ds, cfg.split, allow_patient_overlap=cfg.allow_patient_overlap)
-        protocol = protocol_card(cfg, split)
+        protocol = protocol_card(cfg, split, enc_info)
+        corpora = tuple(ds.meta.get("corpora", ()) or ())
         for g in cfg.genes:
             for m, (cls, mcfg) in methods.items():
+                mprotocol = {**protocol, **overlap_card(enc_info, cls, corpora)}
                 for base_fold in _select_folds(split, cfg, ds):
                     fold = carve_validation(split, base_fold) if cls.card.uses_validation else base_fold
                     fspec = FoldSpec(cfg.panel, int(g), fold, cfg.target_transform)
@@ -182,14 +232,14 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
                         cell = Cell(
                             dataset=ds.name, dataset_spec=spec.key, dataset_version=ds.version, n_genes=int(g),
                             panel=cfg.panel.text, panel_params=panel_params, method=m, preset=str(cfg.preset),
-                            config_hash=cls.config_hash(mcfg), split=cfg.split.text, fold=base_fold.name,
+                            config_hash=cls.config_hash(mcfg), split=split.scheme, fold=base_fold.name,
                             fold_train=fold.train, fold_val=fold.val, fold_test=fold.test, seed=int(seed),
-                            target_transform=str(cfg.target_transform), encoder=cfg.encoder, patch=patch.key(),
+                            target_transform=str(cfg.target_transform), encoder=enc_id, patch=patch.key(),
                         )
                         tasks.append(CellTask(
                             cell=cell, method_cls=cls, config=mcfg, overrides=dict(cfg.method_overrides.get(m, {})),
                             dataset=spec, fold=fspec, patch=patch, encoder=cfg.encoder, device=device,
-                            protocol=protocol, provenance=provenance,
+                            protocol=mprotocol, provenance=provenance,
                             artifact_dir=str(Path(results_dir) / "artifacts" / cell.cell_id), cache_dir=cache_dir,
                         ))
     return Plan(tasks, grid_spec(cfg), loaded)
