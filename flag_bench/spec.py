@@ -45,6 +45,9 @@ class ReportFormat(StrEnum):
     TABLE = "table"
     MARKDOWN = "markdown"
     CSV = "csv"
+    HTML = "html"  # one self-contained file (--output FILE)
+    PNG = "png"  # the report's figures as files (--output DIR)
+    SVG = "svg"
 
 
 class ResultSource(StrEnum):
@@ -162,7 +165,9 @@ class PanelSpec(_KindSpec):
 
 @dataclass(frozen=True)
 class SplitSpec(_KindSpec):
-    """A split scheme: slide (leave-one-slide-out), patient (leave-one-patient-out), file:PATH."""
+    """A split scheme: default (each dataset's own: ``SpatialDataset.default_split``), slide
+    (leave-one-slide-out), patient (leave-one-patient-out), hest (a HEST-Benchmark task's own
+    folds), file:PATH."""
 
-    KINDS: ClassVar[tuple[str, ...]] = ("slide", "patient")
+    KINDS: ClassVar[tuple[str, ...]] = ("default", "slide", "patient", "hest")
     WHAT: ClassVar[str] = "--split"

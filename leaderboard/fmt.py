@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from flag_bench.leaderboard.model import INT_COSTS, Stat
+from flag_bench.leaderboard.model import INT_COSTS, CurvePoint, Stat
 
 
 def num(v: float) -> str:
@@ -59,3 +59,10 @@ def cost(column: str, s: Stat, with_std: bool = False) -> str:
         # a spread that rounds away (the same parameter count in every fold) says nothing
         txt += "" if spread in ("0", "<0.001") else f" ± {spread}"
     return txt
+
+
+def point(p: CurvePoint) -> str:
+    """A curve point: '0.596 [0.565,0.618]', the mean alone where one value has no CI."""
+    if not math.isfinite(p.mean) or not math.isfinite(p.ci_low):
+        return num(p.mean)
+    return f"{num(p.mean)} [{num(p.ci_low)},{num(p.ci_high)}]"

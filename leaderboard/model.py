@@ -67,6 +67,8 @@ class CurvePoint:
     mean: float
     std: float
     n: int
+    ci_low: float = math.nan  # 95% bootstrap CI of the mean, as the table's
+    ci_high: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class Leaderboard:
 
 
 def short_name(score: str) -> str:
-    """The column header of a score: PCC for pcc_mean (the headline PCC), else the name in capitals."""
-    return "PCC" if score == "pcc_mean" else score.upper()
+    """The column header of a score: PCC for pcc_mean (the headline PCC), "PCC pooled" for HEST's
+    pooled aggregation, else the name in capitals."""
+    return {"pcc_mean": "PCC", "pcc_pooled": "PCC pooled", "moran_abs_err": "Moran |ΔI|"}.get(score, score.upper())
 
 
 def metric_outputs() -> dict:
@@ -213,9 +216,13 @@ def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow,
     genes = tuple(sorted(int(g) for g in frame["n_genes"].unique()))
     if len(genes) < 2:
         return genes, ()
+    from flag_bench.metrics.stats import bootstrap_ci
+
     pts: dict[tuple[str, str], dict[int, CurvePoint]] = {}
+    values = {key: g[metric].to_numpy(dtype=float) for key, g in frame.groupby(["method", "config_hash", "n_genes"])}
     for r in curves(frame, metric).itertuples(index=False):
-        pts.setdefault((r.method, r.config_hash), {})[int(r.n_genes)] = CurvePoint(r.mean, r.std, int(r.n))
+        low, high = bootstrap_ci(values[(r.method, r.config_hash, r.n_genes)], level=0.95, seed=0)
+        pts.setdefault((r.method, r.config_hash), {})[int(r.n_genes)] = CurvePoint(r.mean, r.std, int(r.n), low, high)
     rows = [CurveRow(labels[k], k[0], k[1], p) for k, p in pts.items()]
     return genes, tuple(sorted(rows, key=lambda r: r.label))
 

@@ -78,13 +78,19 @@ def gather(results, results_dir: str | Path, *, suite: str | None = None, tracki
 
     results_dir = Path(results_dir)
     failed = results.failed()
-    done = set(results.frame()["cell_id"])
+    # a cell the filter hides (finished before --since) is still finished, not missing
+    done = set(results.frame()["cell_id"]) | set(getattr(results, "all_finished", lambda: ())())
     bad = set(failed["cell_id"])
     owner: dict[str, tuple[dict, dict]] = {}  # cell_id -> (planned cell, the latest plan naming it)
+    flt = getattr(results, "filter", None)
     for plan in _plans(results_dir, suite):
         for cell in plan.get("cells", []):
             if cell.get("cell_id") and cell["cell_id"] not in done:
-                owner[cell["cell_id"]] = (cell, plan)
+                # a filtered report names only the planned cells it would show; --since asks when it was planned
+                if flt is None or flt.keep(str(cell.get("dataset", "")), str(cell.get("dataset", "")),
+                                           str(cell.get("method", "")), int(cell.get("n_genes", 0)),
+                                           str(plan.get("created", ""))):
+                    owner[cell["cell_id"]] = (cell, plan)
     store = ResultsStore(results_dir)
     busy = {cid for cid in owner if cid not in bad and store.busy(cid)}
     missing = [cell for cid, (cell, _) in owner.items() if cid not in bad and cid not in busy]

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.model import LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat
 from flag_bench.leaderboard.notes import text_lines
@@ -61,9 +62,10 @@ def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
     if any(r.tiny for r in board.rows):
         out += [f"**{TINY_MARK} rows labelled (tiny): {TINY_WARNING}**", ""]
     if board.curve:
-        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric)} vs G, mean over folds and seeds\n")
+        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric)} vs G, mean over folds and seeds "
+                   "[95% bootstrap CI]\n")
         out += [_md_row(["method", *(f"G={g}" for g in board.genes)]), "|---|" + "---|" * len(board.genes)]
-        out += [_md_row([r.label, *(fmt.num(r.points[g].mean) if g in r.points else "" for g in board.genes)])
+        out += [_md_row([r.label, *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)])
                 for r in board.curve]
         out.append("")
     return out
@@ -120,6 +122,8 @@ def to_csv(lb: Leaderboard, opts: RenderOptions) -> str:
 
 
 Renderer = Callable[[Leaderboard, RenderOptions], str]
+# formats drawn from the results, not only the leaderboard: content.build_content, then html.py
+FIGURE_FORMATS = frozenset({ReportFormat.HTML, ReportFormat.PNG, ReportFormat.SVG})
 RENDERERS: dict[ReportFormat, Renderer] = {
     ReportFormat.TABLE: to_table,
     ReportFormat.MARKDOWN: to_markdown,
@@ -128,5 +132,13 @@ RENDERERS: dict[ReportFormat, Renderer] = {
 
 
 def render(lb: Leaderboard, fmt_: ReportFormat | str, *, width: int | None = None, ci: bool | None = None) -> str:
-    """The leaderboard as text in ``fmt_``; ``width`` and ``ci`` matter to the terminal table only."""
-    return RENDERERS[ReportFormat.parse(fmt_, "--format")](lb, RenderOptions(width, ci))
+    """The leaderboard as text in ``fmt_``; ``width`` and ``ci`` matter to the terminal table only.
+
+    html, png and svg draw from the results too (maps, per-gene views): ``content.build_content``
+    then ``html.render_html``, as ``flag-bench report`` does.
+    """
+    f = ReportFormat.parse(fmt_, "--format")
+    if f in FIGURE_FORMATS:
+        raise UserError(f"--format {f}: needs the results, not only the leaderboard; use "
+                        "flag_bench.leaderboard.content.build_content and html.render_html")
+    return RENDERERS[f](lb, RenderOptions(width, ci))

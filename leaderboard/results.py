@@ -11,6 +11,9 @@ columns (ROW_COLUMNS, the scores sorted by name, then COST_COLUMNS), dtypes and 
     res.per_gene(cell_id)     the cell's per-gene metrics (slide, gene, one column per metric)
     res.predictions(cell_id)  AnnData: X predictions, layers['truth'], obs slide/barcode, spatial coords
     res.curves("pcc_mean")    metric vs G per dataset and method configuration: mean, std, n
+    res.where(Filter(...))    the same API over a subset (--datasets, --methods, --genes, --since)
+    res.finished_at(cell_id)  when the cell's record was written (ISO text)
+    res.panel_stats(cell_id)  the cell's panel statistics (panel.stats of its record)
 """
 
 from __future__ import annotations
@@ -79,10 +82,47 @@ def check_metric(frame, metric: str) -> None:
 class Results:
     """What one results source holds, in source-blind frames (see the module docstring)."""
 
-    def __init__(self, loaded: Loaded):
+    def __init__(self, loaded: Loaded, flt=None):
         self._loaded = loaded
         self.source: ResultSource = loaded.source
-        self._frame = results_frame(loaded.rows)
+        self.filter = flt
+        rows, failures = loaded.rows, loaded.failures
+        if flt is not None and not flt.empty:
+            fin = loaded.finished
+            rows = [r for r in rows if flt.keep(r["dataset"], r["dataset_spec"], r["method"], r["n_genes"],
+                                                fin.get(r["cell_id"], ""))]
+            failures = [f for f in failures if flt.keep(f.row.get("dataset", ""), f.row.get("dataset_spec", ""),
+                                                        f.row.get("method", ""), f.row.get("n_genes", 0), f.finished)]
+        self._failures = failures
+        self._frame = results_frame(rows)
+        self._panels: dict[str, dict] = {}
+
+    def where(self, flt) -> "Results":
+        """These results narrowed by a ``filters.Filter`` (a value matching nothing: UserError)."""
+        from flag_bench.leaderboard.filters import check_matches
+
+        check_matches(flt, self._frame, self.failed())
+        return Results(self._loaded, flt)
+
+    def all_finished(self) -> set[str]:
+        """Ids of every finished cell of the source, whatever the filter."""
+        return {r["cell_id"] for r in self._loaded.rows}
+
+    def finished_at(self, cell_id: str) -> str:
+        return self._loaded.finished.get(cell_id, "")
+
+    def panel_stats(self, cell_id: str) -> dict:
+        """The panel statistics of a cell's record; one record read per panel (a fold's cells share it)."""
+        row = self._frame.loc[self._frame["cell_id"] == cell_id]
+        if row.empty:
+            raise UserError(f"cell {cell_id}: not a finished cell of these results ({self.source} source)")
+        panel_id = str(row["panel_id"].iloc[0])
+        if panel_id not in self._panels:
+            if self._loaded.record is None:
+                raise UserError(f"cell {cell_id}: this results source cannot read full records")
+            rec = self._loaded.record(cell_id)
+            self._panels[panel_id] = dict(rec.panel.stats) if rec.panel is not None else {}
+        return self._panels[panel_id]
 
     def frame(self):
         return self._frame.copy()
@@ -91,14 +131,15 @@ class Results:
         import pandas as pd
 
         rows = [{**{c: f.row[c] for c in FAILED_COLUMNS if c in f.row}, "stage": f.stage, "error": f.error,
-                 "traceback": f.traceback, "finished": f.finished} for f in self._loaded.failures]
+                 "traceback": f.traceback, "finished": f.finished} for f in self._failures]
         df = pd.DataFrame(rows, columns=FAILED_COLUMNS).astype({"n_genes": "int64", "seed": "int64"})
         return df.sort_values([c for c in SORT_COLUMNS if c in df.columns], kind="stable").reset_index(drop=True)
 
     def per_slide(self):
         import pandas as pd
 
-        rows = [(cid, slide, metric, float(v)) for cid, slides in self._loaded.per_slide.items()
+        keep = set(self._frame["cell_id"])
+        rows = [(cid, slide, metric, float(v)) for cid, slides in self._loaded.per_slide.items() if cid in keep
                 for slide, scores in slides.items() for metric, v in scores.items()]
         df = pd.DataFrame(rows, columns=["cell_id", "slide", "metric", "value"])
         return df.sort_values(["cell_id", "slide", "metric"], kind="stable").reset_index(drop=True)

@@ -38,6 +38,9 @@ class Loaded:
     failures: list[Failure]
     fetch: Callable[[str, str], Path]  # (cell_id, artifact file name) -> a local path
     keep: Any = field(default=None, repr=False)  # what must live as long as fetch (a temp dir)
+    finished: dict[str, str] = field(default_factory=dict)  # cell_id -> the record's finish time
+    # cell_id -> its full CellRecord (what the row leaves out: panel stats); MLflow fetches an artifact
+    record: Callable[[str], CellRecord] | None = None
 
 
 # -- the results store --------------------------------------------------------------------------
@@ -60,9 +63,11 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
     def fetch(cell_id: str, name: str) -> Path:
         return store.artifact_dir(cell_id) / name
 
+    by_id = {rec.cell_id: rec for rec in finished}
     return Loaded(ResultSource.STORE, [rec.to_row() for rec in finished],
                   {rec.cell_id: {s: dict(d) for s, d in rec.scores_per_slide.items()} for rec in finished},
-                  failures, fetch)
+                  failures, fetch, finished={rec.cell_id: rec.finished for rec in finished},
+                  record=by_id.__getitem__)
 
 
 # -- MLflow -------------------------------------------------------------------------------------
@@ -104,8 +109,8 @@ def _latest(runs: list) -> dict[str, Any]:
 
 
 def from_mlflow(uri: str, suite: str | None) -> Loaded:
-    from flag_bench.tracking import (T_ERROR, T_FINISHED, T_STAGE, T_STATUS, TRACEBACK_ARTIFACT, decode_run, download,
-                                     open_client)
+    from flag_bench.tracking import (RECORD_ARTIFACT, T_ERROR, T_FINISHED, T_STAGE, T_STATUS, TRACEBACK_ARTIFACT,
+                                     decode_run, download, fetch_record, open_client)
 
     client = open_client(uri)
     runs = _cell_runs(client, suite)
@@ -124,6 +129,9 @@ def from_mlflow(uri: str, suite: str | None) -> Loaded:
     tmp = tempfile.TemporaryDirectory(prefix="flag-bench-artifacts-")
 
     def fetch(cell_id: str, name: str) -> Path:
+        local = local_artifact(ok[cell_id].info.artifact_uri, name)
+        if local is not None:
+            return local
         dst = Path(tmp.name) / cell_id
         if (dst / name).exists():
             return dst / name
@@ -134,4 +142,25 @@ def from_mlflow(uri: str, suite: str | None) -> Loaded:
             raise UserError(f"cell {cell_id}: MLflow run {ok[cell_id].info.run_id} has no artifact {name} "
                             f"({type(exc).__name__})") from None
 
-    return Loaded(ResultSource.MLFLOW, rows, per_slide, failures, fetch, keep=tmp)
+    def record(cell_id: str) -> CellRecord:
+        local = local_artifact(ok[cell_id].info.artifact_uri, RECORD_ARTIFACT)
+        if local is None:
+            return fetch_record(client, ok[cell_id].info.run_id)
+        return CellRecord.loads(local.read_text(), where=f"MLflow run {ok[cell_id].info.run_id} {RECORD_ARTIFACT}")
+
+    return Loaded(ResultSource.MLFLOW, rows, per_slide, failures, fetch, keep=tmp,
+                  finished={cid: run.data.tags.get(T_FINISHED, "") for cid, run in ok.items()}, record=record)
+
+
+def local_artifact(artifact_uri: str, name: str) -> Path | None:
+    """An artifact of a run whose artifact store is a local folder (``file://``, the default
+    ``<results-dir>/mlartifacts``): its path, read in place. MLflow's download API copies the file
+    through the client at ~40 ms a call, which is most of a 500-cell report's time. None for a
+    remote store, or when the file is not there (the download then says what is missing)."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(artifact_uri)
+    if u.scheme != "file":
+        return None
+    path = Path(unquote(u.path)) / name
+    return path if path.is_file() else None

@@ -59,7 +59,9 @@ def widths(heads: Sequence[str], body: Sequence[Sequence[str]]) -> list[int]:
 
 def pack(key: Sequence[int], values: Sequence[int], width: int) -> list[list[int]]:
     """Value column indices in blocks that each fit ``width`` beside the key columns, as even as fits."""
-    base = sum(key) + SEP * (len(key) - 1)
+    # rich pads every column by one on each side and puts one space between columns: n columns
+    # take their widths plus 3n - 1
+    base = sum(key) + SEP * len(key) - 1
 
     def fits(block: Sequence[int]) -> bool:
         return base + sum(values[i] + SEP for i in block) <= width
@@ -129,10 +131,10 @@ def curve_renderables(lb: Leaderboard, board: DatasetBoard, width: int) -> list:
     common = common_label(board)
     heads = ["method", *(f"G={g}" for g in board.genes)]
     body = [[r.label.replace(f" ({common})", "", 1) if common else r.label,
-             *(fmt.num(r.points[g].mean) if g in r.points else "" for g in board.genes)] for r in board.curve]
+             *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)] for r in board.curve]
     w = widths(heads, body)
     out: list = [Text(""), Text(f"{board.dataset}: {lb.header(lb.metric)} vs G (Gene-Dimension-Curse curve), "
-                      "mean over folds and seeds", style="bold")]
+                      "mean over folds and seeds [95% bootstrap CI]", style="bold")]
     for block in pack(w[:1], w[1:], width):
         out.append(_table(heads, body, [0, *(1 + j for j in block)], [False] * len(body)))
     return out

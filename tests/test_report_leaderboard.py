@@ -12,7 +12,8 @@ import io
 import pytest
 
 from flag_bench.leaderboard.model import build
-from flag_bench.leaderboard.render import RENDERERS, render
+from flag_bench.errors import UserError
+from flag_bench.leaderboard.render import FIGURE_FORMATS, RENDERERS, render
 from flag_bench.leaderboard.results import results_frame
 from flag_bench.spec import ReportFormat
 from test_results_api import KNN, make_record
@@ -52,7 +53,9 @@ def test_curve_table_keeps_presets_apart():
 def test_every_format_has_a_renderer_and_table_is_a_table():
     _, frame = _frame()
     lb = build(frame, metric="mse", columns=["mse", "ssc@32"])
-    assert set(RENDERERS) == set(ReportFormat)
+    assert set(RENDERERS) == set(ReportFormat) - FIGURE_FORMATS
+    with pytest.raises(UserError, match="--format html: needs the results"):
+        render(lb, "html")  # drawn from the results by content.build_content, not from the model alone
     table = render(lb, "table", width=120)
     assert "─" in table and "|---|" not in table and "MSE↓" in table
     rows = list(csv.DictReader(io.StringIO(render(lb, ReportFormat.CSV))))

@@ -164,14 +164,22 @@ def test_store_and_mlflow_give_the_same_frame(both, grid):
 
 def test_reports_are_identical_text_from_both_sources(both):
     from flag_bench.leaderboard.model import build
-    from flag_bench.leaderboard.render import render
+    from flag_bench.leaderboard.render import RENDERERS, render
 
-    for fmt in ReportFormat:
+    for fmt in RENDERERS:  # html/png/svg draw artifacts too: tests/test_report_html.py
         for metric in ("pcc_mean", "mse"):
             texts = [render(build(r.frame(), metric=metric), fmt, width=200) for r in both.values()]
             assert texts[0] == texts[1], fmt
     table = render(build(both[ResultSource.STORE].frame()), ReportFormat.TABLE, width=200)
     assert "─" in table and "|---|" not in table  # a table, not markdown
+
+
+def test_finish_times_and_panel_stats_agree_across_sources(both, grid):
+    store, mlflow = both[ResultSource.STORE], both[ResultSource.MLFLOW]
+    by_id = {r.cell_id: r for r in grid["records"]}
+    for cid in store.frame()["cell_id"]:
+        assert store.finished_at(cid) == mlflow.finished_at(cid) == by_id[cid].finished
+        assert store.panel_stats(cid) == mlflow.panel_stats(cid) == dict(by_id[cid].panel.stats)
 
 
 def test_each_knn_configuration_is_its_own_row(both, grid):

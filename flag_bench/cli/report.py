@@ -18,15 +18,21 @@ from flag_bench.spec import ReportFormat, ResultSource
 @app.command()
 def report(
     results_dir: Path = typer.Option(Path(DEFAULT_RESULTS_DIR), "--results-dir", help="Results dir of `flag-bench run`."),
-    fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, or csv (full precision, the table only)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
-    metric: str = typer.Option("pcc_mean", "--metric", help="Sort key: a score name or its column header (pcc_mean or PCC, mse, gsc, ssc, ssc@32, ari)."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated score columns to show (names or headers)."),
+    fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, csv (full precision, the table only), html (one self-contained file with figures and statistics; needs --output FILE), png or svg (the figures as files; needs --output DIR)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (a folder for png and svg) instead of the terminal."),
+    metric: str = typer.Option("pcc_mean", "--metric", help="Sort key: a score name or its column header (pcc_mean or PCC, pcc_pooled, mse, gsc, ssc, ssc@32, ari)."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated score columns to show (names or headers), e.g. pcc_mean,pcc_pooled,mse for HEST's pooled PCC beside the per-slide mean."),
     ci: Optional[bool] = typer.Option(None, "--ci/--no-ci", help="Show the 95% bootstrap CI of each mean in the table (default: when it fits the width)."),
     costs: bool = typer.Option(False, "--costs", help="Add cost columns: fit s, predict s, peak MB, params (mean over folds and seeds)."),
     source: ResultSource = typer.Option(ResultSource.AUTO, "--source", help="Where to read: auto (MLflow if the results dir has mlflow.db, else the results store), mlflow or store."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Read from this MLflow tracking URI."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells (the same with either source)."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Only these datasets (names or full specs), comma-separated."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Only these methods, comma-separated."),
+    genes: Optional[str] = typer.Option(None, "--genes", help="Only these panel sizes G, comma-separated."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only cells finished at or after this ISO date or time (UTC unless a zone is given), e.g. 2026-11-26 or 2026-11-26T03:00."),
+    genes_to_plot: Optional[str] = typer.Option(None, "--genes-to-plot", help="html/png/svg: also map these genes (comma-separated symbols) in every mapped cell whose panel has them."),
+    map_cells: Optional[str] = typer.Option(None, "--map-cells", help="html/png/svg: map these cells (ids or id prefixes, comma-separated) instead of each configuration's best-PCC cell at the largest G."),
 ):
     """Print the leaderboard: one row per dataset x G x method configuration, mean ± std over folds and
     seeds; then a legend, and the failed and planned-but-missing cells."""
@@ -35,13 +41,29 @@ def report(
         from flag_bench.leaderboard.notes import gather
         from flag_bench.leaderboard.results import load_results
 
+        from flag_bench.leaderboard.filters import make_filter
+
+        figures = fmt in (ReportFormat.HTML, ReportFormat.PNG, ReportFormat.SVG)
+        if figures and output is None:
+            raise UserError(f"--format {fmt}: give --output {'FILE.html' if fmt is ReportFormat.HTML else 'DIR'}")
+        flt = make_filter(csv_list(datasets, what="--datasets"), csv_list(methods, what="--methods"),
+                          csv_list(genes, what="--genes"), since)
         res = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
+        if not flt.empty:
+            res = res.where(flt)
         notes = gather(res, results_dir, suite=suite, tracking_uri=tracking_uri)
         frame = res.frame()
         if frame.empty:
             _nothing_finished(notes, suite)
-        lb = build(frame, metric=metric, columns=csv_list(columns, what="--columns"), costs=costs, notes=notes)
-        _emit(lb, fmt, output, ci)
+        cols = csv_list(columns, what="--columns")
+        if figures:
+            lb = build(frame, metric=metric, columns=_with_pooled(cols, frame) if cols else _html_columns(frame),
+                       costs=True, notes=notes)
+            _emit_figures(res, lb, fmt, output, csv_list(genes_to_plot, what="--genes-to-plot") or (),
+                          csv_list(map_cells, what="--map-cells") or ())
+        else:
+            lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes)
+            _emit(lb, fmt, output, ci)
         _epilogue(res, lb, fmt, len(frame))
     except UserError as exc:
         fail(str(exc))
@@ -75,6 +97,61 @@ def _emit(lb, fmt: ReportFormat, output: Optional[Path], ci: Optional[bool]) -> 
         output.write_text(text)
     except OSError as exc:
         raise UserError(f"--output {output}: cannot write ({exc.strerror})") from None
+
+
+def _html_columns(frame) -> tuple[str, ...]:
+    """The HTML table's scores: the default columns with HEST's pooled PCC beside the per-slide mean
+    PCC and the Moran's I error, where the results have them."""
+    from flag_bench.leaderboard.model import DEFAULT_COLUMNS
+
+    cols = []
+    for c in DEFAULT_COLUMNS:
+        cols.append(c)
+        if c == "pcc_mean":
+            cols.append("pcc_pooled")
+    cols.append("moran_abs_err")
+    return tuple(c for c in cols if c in frame.columns)
+
+
+def _with_pooled(cols, frame) -> tuple[str, ...]:
+    """The HTML shows HEST's pooled PCC wherever it shows the per-slide mean PCC."""
+    from flag_bench.leaderboard.model import resolve
+
+    out = [resolve(frame, c) for c in cols]
+    if "pcc_mean" in out and "pcc_pooled" not in out and "pcc_pooled" in frame.columns:
+        out.insert(out.index("pcc_mean") + 1, "pcc_pooled")
+    return tuple(out)
+
+
+def _emit_figures(res, lb, fmt: ReportFormat, output: Path, genes_to_plot, map_cells) -> None:
+    """Everything is drawn before anything is written: a failure leaves no half-written report."""
+    from flag_bench.io import atomic_write_bytes
+    from flag_bench.leaderboard.content import build_content
+
+    kind = "svg" if fmt is ReportFormat.SVG else "png"
+    content = build_content(res, lb, kind=kind, genes_to_plot=genes_to_plot, map_cells=map_cells)
+    if fmt is ReportFormat.HTML:
+        from flag_bench.leaderboard.html import render_html
+
+        if output.is_dir():
+            raise UserError(f"--output {output}: is a folder; give a file name such as {output / 'leaderboard.html'}")
+        text = render_html(content)
+        try:
+            atomic_write_bytes(output, text.encode("utf-8"))
+        except OSError as exc:
+            raise UserError(f"--output {output}: cannot write ({exc.strerror})") from None
+        console(stderr=True).print(f"wrote {output} ({len(text.encode()) / 1e6:.1f} MB, {len(content.figures)} figures)",
+                                   markup=False)
+        return
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output}: is a file; --format {fmt} writes one file per figure into a folder")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for f in content.figures:
+            atomic_write_bytes(output / f"{f.key}.{kind}", f.data)
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot write ({exc.strerror})") from None
+    console(stderr=True).print(f"wrote {len(content.figures)} {kind} figures to {output}", markup=False)
 
 
 def _epilogue(res, lb, fmt: ReportFormat, n_cells: int) -> None:

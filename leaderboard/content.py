@@ -1,0 +1,318 @@
+"""Everything the HTML report (and ``--format png|svg``) shows, computed once from ``Results`` and
+the leaderboard model: protocol cards, coverage, statistics, scaled scores and the figures.
+
+Spatial maps: by default, for each method configuration, its best-PCC cell at the dataset's
+largest G (``map_cells`` names cells by id or id prefix instead). For each mapped cell: the two
+genes with the highest and the two with the lowest per-gene PCC, plus every ``genes_to_plot``
+gene in its panel, on the first test slide. The H&E underlay is composed from the dataset's tiles
+when the record's dataset spec loads and has images; otherwise the caption says why it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from flag_bench.errors import UserError
+from flag_bench.leaderboard import figures as F
+from flag_bench.leaderboard import stats as S
+from flag_bench.leaderboard.model import Leaderboard, config_labels, metric_direction, short_name
+
+CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "moran_abs_err")
+TOP_BOTTOM = 2  # genes shown from each end of a mapped cell's per-gene PCC ranking
+THUMB_PX = 384
+CARD_KEYS = (("split", "split_description"), ("panel selector", "panel_selector"),
+             ("panel fitted on", "panel_fitted_on"), ("target transform", "target_transform"),
+             ("encoder", "encoder"), ("patch", "patch"), ("PCC aggregation", "pcc_aggregation"),
+             ("protocol version", "protocol_version"), ("suite", "suite"))
+
+
+@dataclass(frozen=True)
+class Fig:
+    key: str  # file stem for --format png|svg
+    section: str
+    title: str
+    caption: str
+    data: bytes  # PNG or SVG bytes
+
+
+@dataclass(frozen=True)
+class Card:
+    dataset: str
+    fields: tuple[tuple[str, str], ...]
+    flags: tuple[str, ...]  # warnings a reader must see: test-informed panel, pretraining overlap
+
+
+@dataclass(frozen=True)
+class Coverage:
+    dataset: str
+    n_genes: int
+    label: str
+    finished: int
+    failed: int
+
+
+@dataclass
+class Content:
+    lb: Leaderboard
+    labels: dict  # (method, config_hash) -> label
+    cards: list[Card] = field(default_factory=list)
+    coverage: list[Coverage] = field(default_factory=list)
+    tests: list[S.MetricTests] = field(default_factory=list)
+    scaled: tuple[S.ScaledCell, ...] = ()
+    figures: list[Fig] = field(default_factory=list)
+    map_notes: list[str] = field(default_factory=list)
+    filter_text: str = ""
+
+
+def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Sequence[str] = (),
+                  map_cells: Sequence[str] = ()) -> Content:
+    frame = res.frame()
+    labels = config_labels(frame)
+    direction = metric_direction()
+    metrics = [m for m in CURVE_METRICS if m in frame.columns and frame[m].notna().any()]
+    colors = F.palette(sorted(set(labels.values())))
+    c = Content(lb, labels, filter_text=res.filter.describe() if getattr(res, "filter", None) else "")
+    c.cards = cards(res, frame)
+    c.coverage = coverage(frame, res.failed(), labels)
+    for m in metrics:
+        c.tests.append(S.metric_tests(frame, m, direction.get(m) is not False, labels))
+    roles = S.control_roles(sorted(set(frame["method"])))
+    c.scaled = S.scaled_scores(frame, metrics, direction, labels, roles)
+    _curve_figures(c, frame, metrics, direction, colors, kind)
+    _stat_figures(c, colors, kind)
+    _map_figures(c, res, frame, colors, kind, genes_to_plot, map_cells)
+    return c
+
+
+def _add(c: Content, fig, key: str, section: str, title: str, caption: str, kind: str) -> None:
+    c.figures.append(Fig(key, section, title, caption, F.encode(fig, kind)))
+
+
+# -- protocol card and coverage -----------------------------------------------------------------
+def cards(res, frame) -> list[Card]:
+    out = []
+    for ds, g in frame.groupby("dataset", sort=True):
+        protos = [json.loads(p or "{}") for p in sorted(set(g["protocol"]))]
+        fields_ = []
+        for name, key in CARD_KEYS:
+            vals = sorted({str(p.get(key, p.get("split") if key == "split_description" else "")) for p in protos} - {""})
+            if vals:
+                fields_.append((name, " / ".join(vals)))
+        flags = []
+        if any(p.get("patient_overlap") for p in protos):
+            flags.append("test patient also in train: a within-patient split, easier than a new patient")
+        # panel statistics live in the full record: one read per panel (a fold's cells share it)
+        informed = sorted({str(r.panel_id) for r in g.drop_duplicates("panel_id").itertuples()
+                           if res.panel_stats(r.cell_id).get("test_informed")})
+        if informed:
+            flags.append(f"test-informed gene panel ({len(informed)} of {g['panel_id'].nunique()} panels chosen "
+                         "with the test slides, e.g. HEST-Benchmark's var_50genes.json): scores are optimistic")
+        overlap = sorted({str(x) for p in protos for x in (p.get("pretraining_overlap") or [])})
+        if overlap:
+            flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
+                         "with this dataset")
+        out.append(Card(str(ds), tuple(fields_), tuple(flags)))
+    return out
+
+
+def coverage(frame, failed, labels) -> list[Coverage]:
+    counts: dict[tuple, list[int]] = {}
+    for r in frame.itertuples():
+        counts.setdefault((r.dataset, int(r.n_genes), labels[(r.method, r.config_hash)]), [0, 0])[0] += 1
+    for r in failed.itertuples():
+        lab = labels.get((r.method, r.config_hash), f"{r.method} ({r.config_label})" if r.config_label else r.method)
+        counts.setdefault((r.dataset, int(r.n_genes), lab), [0, 0])[1] += 1
+    return [Coverage(ds, g, lab, ok, bad) for (ds, g, lab), (ok, bad) in sorted(counts.items())]
+
+
+# -- curves and statistics ----------------------------------------------------------------------
+def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
+    from flag_bench.metrics.stats import bootstrap_ci
+
+    for ds, d in frame.groupby("dataset", sort=True):
+        if d["n_genes"].nunique() < 2:
+            c.map_notes.append(f"{ds}: one G only ({int(d['n_genes'].iloc[0])}), so no Gene-Dimension-Curse curve")
+            continue
+        panels = []
+        for m in metrics:
+            lines = {}
+            for (method, ch), sub in d.groupby(["method", "config_hash"], sort=True):
+                gs, mean, low, high = [], [], [], []
+                for g, x in sub.groupby("n_genes", sort=True):
+                    v = x[m].to_numpy(float)
+                    v = v[np.isfinite(v)]
+                    if not v.size:
+                        continue
+                    lo, hi = bootstrap_ci(v, level=0.95, seed=0)
+                    gs.append(int(g)), mean.append(float(v.mean())), low.append(lo), high.append(hi)
+                lines[c.labels[(method, ch)]] = {"G": gs, "mean": mean, "low": low, "high": high,
+                                                 "points_G": sub["n_genes"].to_numpy(float),
+                                                 "points": sub[m].to_numpy(float)}
+            panels.append({"metric": short_name(m), "lower_better": direction.get(m) is False, "lines": lines})
+        fig = F.gdc_curves(panels, colors, f"{ds}: metrics vs G (mean, 95% bootstrap CI band, one point per fold x seed)")
+        _add(c, fig, f"curves-{slug(ds)}", "curves", f"{ds}: Gene-Dimension-Curse curves",
+             "Each metric against the panel size G on a log axis; lines are means over folds and seeds, bands "
+             "the 95% bootstrap CI of the mean, points single cells.", kind)
+
+
+def _stat_figures(c: Content, colors, kind) -> None:
+    for t in c.tests:
+        labs = sorted({x for p in t.pairs for x in (p.a, p.b)})
+        if len(labs) < 2:
+            continue
+        p = {(x.b, x.a): x.p_holm for x in t.pairs} | {(x.a, x.b): x.p_holm for x in t.pairs}
+        n = {(x.b, x.a): x.n for x in t.pairs} | {(x.a, x.b): x.n for x in t.pairs}
+        better = {(x.a, x.b): x.mean_diff > 0 for x in t.pairs} | {(x.b, x.a): x.mean_diff < 0 for x in t.pairs}
+        # the matrix for the sort metric; every metric gets its table and CD diagram
+        if t.metric == c.lb.metric and any(x.enough for x in t.pairs):
+            fig = F.pvalue_matrix(labs, p, n, better, f"{short_name(t.metric)}: paired Wilcoxon, Holm-adjusted p",
+                                  S.MIN_PAIRS)
+            _add(c, fig, f"wilcoxon-{slug(t.metric)}", "significance", f"{short_name(t.metric)}: pairwise tests",
+                 "Pairs over (dataset, G, fold, seed) blocks; n = pairs with a non-zero difference.", kind)
+        if t.friedman.ran:
+            fig = F.cd_diagram(t.friedman.mean_ranks, t.friedman.cd,
+                               f"{short_name(t.metric)}: mean ranks over {t.friedman.n_blocks} blocks "
+                               f"(Friedman p={t.friedman.p:.2g})", colors)
+            _add(c, fig, f"cd-{slug(t.metric)}", "significance", f"{short_name(t.metric)}: critical difference",
+                 "Nemenyi critical difference at alpha 0.05: configurations joined by a bar are not told apart.", kind)
+
+
+# -- spatial maps -------------------------------------------------------------------------------
+def choose_cells(frame, map_cells: Sequence[str]) -> list[str]:
+    """The cells to map: ``map_cells`` (id prefixes), else each configuration's best-PCC cell at the largest G."""
+    if map_cells:
+        out = []
+        for prefix in map_cells:
+            hits = [cid for cid in frame["cell_id"] if cid.startswith(prefix)]
+            if len(hits) != 1:
+                what = "no finished cell" if not hits else f"{len(hits)} cells"
+                raise UserError(f"--map-cells {prefix}: {what} of these results has an id starting so; "
+                                "give a longer prefix of a cell id (results/cells/<id>.json)")
+            out += hits
+        return out
+    out = []
+    for (ds, method, ch), d in frame.groupby(["dataset", "method", "config_hash"], sort=True):
+        top = d[d["n_genes"] == d["n_genes"].max()]
+        scores = top["pcc_mean"].to_numpy(float) if "pcc_mean" in top else np.zeros(len(top))
+        if len(top):
+            out.append(top["cell_id"].iloc[int(np.nanargmax(np.where(np.isfinite(scores), scores, -np.inf)))])
+    return out
+
+
+def _map_figures(c: Content, res, frame, colors, kind, genes_to_plot, map_cells) -> None:
+    chosen = choose_cells(frame, map_cells)
+    row_of = frame.set_index("cell_id")
+    found_named: set[str] = set()
+    per_ds_moran: dict[str, dict] = {}
+    for cid in chosen:
+        r = row_of.loc[cid]
+        label = c.labels[(r["method"], r["config_hash"])]
+        adata = res.predictions(cid)
+        per_gene = res.per_gene(cid)
+        slide = str(adata.obs["slide"].iloc[0])
+        pcc = per_gene.groupby("gene", sort=False)["pcc"].mean() if "pcc" in per_gene else None
+        ranked = list(pcc.dropna().sort_values(ascending=False).index) if pcc is not None else list(adata.var_names)
+        genes = ranked[:TOP_BOTTOM] + [g for g in ranked[-TOP_BOTTOM:] if g not in ranked[:TOP_BOTTOM]]
+        for g in genes_to_plot:
+            if g in adata.var_names:
+                found_named.add(g)
+                if g not in genes:
+                    genes.append(g)
+        mask = (adata.obs["slide"] == slide).to_numpy()
+        idx = [list(adata.var_names).index(g) for g in genes]
+        x = adata.X[mask][:, idx]
+        truth = np.asarray(adata.layers["truth"][mask][:, idx])
+        coords = np.asarray(adata.obsm["spatial"])[mask]
+        notes = [f"PCC {pcc[g]:.2f}" + (" (named)" if g in genes_to_plot else "") if pcc is not None and g in pcc
+                 else "" for g in genes]
+        underlay, extent, why = thumbnail(str(r["dataset_spec"]), slide, coords)
+        ds = str(r["dataset"])
+        title = f"{ds} G={int(r['n_genes'])} {label} {r['fold']} seed={int(r['seed'])}: slide {slide}"
+        fig = F.spatial_maps(coords, truth, np.asarray(x), genes, notes, title, underlay, extent)
+        _add(c, fig, f"map-{cid}", "maps", title,
+             f"Cell {cid}: true (top) vs predicted (bottom) expression, the {TOP_BOTTOM} best and worst genes by "
+             f"per-gene PCC{' and the named genes' if genes_to_plot else ''}; " +
+             ("over the H&E thumbnail composed from the slide's tiles." if underlay is not None else f"no H&E underlay: {why}."),
+             kind)
+        if {"moran_i_true", "moran_i_pred"} <= set(per_gene.columns):
+            per_ds_moran.setdefault(ds, {})[label] = (per_gene["moran_i_true"].to_numpy(float),
+                                                      per_gene["moran_i_pred"].to_numpy(float))
+    missing = [g for g in genes_to_plot if g not in found_named]
+    if missing:
+        raise UserError(f"--genes-to-plot {','.join(missing)}: not in the panel of any mapped cell; "
+                        "name genes of the panels (artifacts/<cell_id>/genes.txt) or choose cells with --map-cells")
+    for ds, pts in sorted(per_ds_moran.items()):
+        fig = F.moran_scatter(pts, colors, f"{ds}: per-gene Moran's I")
+        flat = sorted(lab for lab, (_, p) in pts.items() if not np.isfinite(p).any())
+        _add(c, fig, f"moran-{slug(ds)}", "maps", f"{ds}: Moran's I of truth vs prediction",
+             "One point per gene of each mapped cell; on the diagonal a prediction is as spatially structured "
+             "as the truth, below it spatial structure is lost, above it the prediction is smoother than the truth."
+             + (f" No points for {', '.join(flat)}: a constant prediction has no Moran's I." if flat else ""), kind)
+    for ds, d in frame.groupby("dataset", sort=True):
+        gmax = int(d["n_genes"].max())
+        vals = {}
+        for (method, ch), sub in d[d["n_genes"] == gmax].groupby(["method", "config_hash"], sort=True):
+            parts = [res.per_gene(cid)["pcc"].to_numpy(float) for cid in sub["cell_id"]]
+            vals[c.labels[(method, ch)]] = np.concatenate(parts) if parts else np.array([])
+        fig = F.pcc_distribution(vals, colors, f"{ds}, G={gmax}: per-gene PCC over every fold and seed")
+        _add(c, fig, f"pcc-genes-{slug(ds)}", "maps", f"{ds}: distribution of per-gene PCC",
+             f"Per-gene PCC of every gene x test slide of the G={gmax} cells, per configuration (violin and quartile box).",
+             kind)
+
+
+def thumbnail(dataset_spec: str, slide: str, coords: np.ndarray) -> tuple[Any, Any, str]:
+    """(H&E image, extent (x0, x1, y1, y0) um, "") composed from the dataset's tiles, or
+    (None, None, why not)."""
+    from flag_bench.catalog import DATASETS
+    from flag_bench.spec import DatasetSpec
+
+    spec = DatasetSpec.parse(dataset_spec)
+    if spec.name not in DATASETS.names():
+        return None, None, f"dataset {spec.name} is not registered here"
+    ds = _load(spec)
+    if isinstance(ds, str):
+        return None, None, ds
+    if "tiles" not in ds.capabilities:
+        return None, None, f"dataset {spec.key} has no images"
+    if slide not in ds.slide_ids:
+        return None, None, f"slide {slide} is not in dataset {spec.key} as loaded now"
+    from flag_bench.datasets.base import PatchSpec
+    from flag_bench.datasets.embed_cache import SlideRef
+    from flag_bench.datasets.image import EncoderSource, SlideImage
+
+    s = ds.slide(slide)
+    img = SlideImage(SlideRef.of(ds, slide), s.tile_reader, s.coords_um, PatchSpec(), EncoderSource())
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    size = float((hi - lo).max()) * 1.1 + 200.0
+    center = (lo + hi) / 2
+    region = img.region((float(center[0]), float(center[1])), size, THUMB_PX)
+    half = size / 2
+    return region, (center[0] - half, center[0] + half, center[1] + half, center[1] - half), ""
+
+
+_DS_MEMO: dict[str, Any] = {}
+
+
+def _load(spec):
+    from flag_bench.catalog import DATASETS
+
+    if spec.key not in _DS_MEMO:
+        try:
+            _DS_MEMO[spec.key] = DATASETS.get(spec.name)(**spec.kwargs())
+        except UserError as exc:  # a dataset whose file moved: the maps still draw, the caption says why
+            _DS_MEMO[spec.key] = f"dataset {spec.key} did not load ({exc})"
+    return _DS_MEMO[spec.key]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe stem for a figure key."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in str(text)).strip("-") or "x"
+
+
+def fmt_p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
