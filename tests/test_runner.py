@@ -253,3 +253,13 @@ def test_a_method_whose_needs_the_dataset_cannot_serve_fails_at_plan_time(tmp_pa
     finally:
         METHODS.unregister("needs-tiles")
         DATASETS.unregister("no-images")
+
+
+def test_atomic_write_honours_the_umask(tmp_path):
+    """A results file or report is as readable as any file the user makes (mkstemp alone gives 0600)."""
+    import stat
+
+    from flag_bench import io
+
+    p = io.atomic_write_bytes(tmp_path / "leaderboard.html", b"<html></html>")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~io._UMASK
