@@ -19,6 +19,7 @@ import numpy as np
 
 from flag_bench.errors import UserError
 from flag_bench.leaderboard import figures as F
+from flag_bench.leaderboard.flags import dataset_flags
 from flag_bench.leaderboard import stats as S
 from flag_bench.leaderboard.model import Leaderboard, config_labels, metric_direction, short_name
 
@@ -103,19 +104,7 @@ def cards(res, frame) -> list[Card]:
             vals = sorted({str(p.get(key, p.get("split") if key == "split_description" else "")) for p in protos} - {""})
             if vals:
                 fields_.append((name, " / ".join(vals)))
-        flags = []
-        if any(p.get("patient_overlap") for p in protos):
-            flags.append("test patient also in train: a within-patient split, easier than a new patient")
-        # panel statistics live in the full record: one read per panel (a fold's cells share it)
-        informed = sorted({str(r.panel_id) for r in g.drop_duplicates("panel_id").itertuples()
-                           if res.panel_stats(r.cell_id).get("test_informed")})
-        if informed:
-            flags.append(f"test-informed gene panel ({len(informed)} of {g['panel_id'].nunique()} panels chosen "
-                         "with the test slides, e.g. HEST-Benchmark's var_50genes.json): scores are optimistic")
-        overlap = sorted({str(x) for p in protos for x in (p.get("pretraining_overlap") or [])})
-        if overlap:
-            flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
-                         "with this dataset")
+        flags = dataset_flags(res, g)
         out.append(Card(str(ds), tuple(fields_), tuple(flags)))
     return out
 

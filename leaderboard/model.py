@@ -86,6 +86,7 @@ class DatasetBoard:
     rows: tuple[Row, ...]
     genes: tuple[int, ...]
     curve: tuple[CurveRow, ...]  # empty when only one G was run
+    flags: tuple[str, ...] = ()  # warnings beside the scores (leaderboard/flags.py)
 
 
 @dataclass(frozen=True)
@@ -228,11 +229,12 @@ def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow,
 
 
 def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None, *, costs: bool = False,
-          notes: Notes | None = None) -> Leaderboard:
+          notes: Notes | None = None, flags: Mapping[str, Sequence[str]] | None = None) -> Leaderboard:
     """The results frame (``Results.frame()``) -> the leaderboard sorted by ``metric``.
 
     ``costs`` adds the cost columns (fit s, predict s, peak MB, params); ``notes`` (failed and
-    planned-but-missing cells, from ``notes.gather``) are carried for the renderers to print.
+    planned-but-missing cells, from ``notes.gather``) are carried for the renderers to print, and
+    ``flags`` (dataset -> warnings, from ``flags.all_flags``) printed under each board.
     """
     if frame.empty:
         raise UserError("no finished cells to report; run `flag-bench run` first")
@@ -248,6 +250,6 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None,
         lines = sorted({protocol_line(p) for p in g["protocol"]} - {""})
         genes, curve = _curve(g, metric, labels)
         rows = _rows(g, (*cols, *cost_cols), labels, metric, higher)
-        boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve))
+        boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve, tuple((flags or {}).get(str(ds), ()))))
     return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards), cost_cols,
                        column_info(cols, cost_cols), notes or Notes())

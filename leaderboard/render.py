@@ -53,6 +53,7 @@ def _md_cell(lb: Leaderboard, r: Row, c: str) -> str:
 
 def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
     out = [f"## {board.dataset}\n\n{board.protocol}\n"]
+    out += [f"**warning**: {f}\n" for f in board.flags]
     head = ["G", "method", "cells", *(lb.header(c) + " " + arrow(lb, c) for c in lb.shown)]
     out += [_md_row([h.strip() for h in head]), "|" + "---|" * len(head)]
     # the label says "(tiny)" already; a mark in it would break a reader's match on the label

@@ -120,6 +120,7 @@ def board_renderables(lb: Leaderboard, board: DatasetBoard, width: int, detail: 
         out.append(Text(f"{TINY_MARK} {TINY_WARNING}", style="bold yellow"))
     if board.protocol:
         out.append(Text(board.protocol, style="dim"))
+    out += [Text(f"warning: {f}", style="bold yellow") for f in board.flags]
     if board.curve:
         out += curve_renderables(lb, board, width)
     return out

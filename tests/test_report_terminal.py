@@ -170,3 +170,23 @@ def test_numbers():
     assert [fmt.cost_value("fit_seconds", v) for v in (0.0001, 0.0123, 5.9, 26.4, 123.4)] == \
         ["<0.001", "0.012", "5.90", "26.4", "123"]
     assert fmt.cost_value("n_parameters", 154495.0) == "154495"
+
+
+def test_table_and_markdown_warn_of_test_informed_panels_and_pretraining_overlap(tmp_path):
+    """The flags of the HTML protocol card reach the text formats too, and only when the records have them."""
+    from report_demo import write_demo_store
+    from typer.testing import CliRunner
+
+    from flag_bench.cli import app
+
+    flagged, clean = tmp_path / "flagged", tmp_path / "clean"
+    write_demo_store(flagged, methods=("mean", "ridge"), genes=(20,), folds=2, side=6, test_informed=True,
+                     pretraining_overlap=["HEST-1k"])
+    write_demo_store(clean, methods=("mean", "ridge"), genes=(20,), folds=2, side=6, test_informed=False)
+    for fmt in ("table", "markdown"):
+        out = CliRunner().invoke(app, ["report", "--results-dir", str(flagged), "--format", fmt, "--source", "store"])
+        assert out.exit_code == 0, out.output
+        text = " ".join(out.output.split())
+        assert "test-informed gene panel (2 of 2 panels" in text and "pretraining overlap" in text and "HEST-1k" in text
+        out = CliRunner().invoke(app, ["report", "--results-dir", str(clean), "--format", fmt, "--source", "store"])
+        assert out.exit_code == 0 and "test-informed" not in out.output and "pretraining overlap" not in out.output

@@ -62,7 +62,9 @@ def report(
             _emit_figures(res, lb, fmt, output, csv_list(genes_to_plot, what="--genes-to-plot") or (),
                           csv_list(map_cells, what="--map-cells") or ())
         else:
-            lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes)
+            from flag_bench.leaderboard.flags import all_flags
+
+            lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes, flags=all_flags(res, frame))
             _emit(lb, fmt, output, ci)
         _epilogue(res, lb, fmt, len(frame))
     except UserError as exc:

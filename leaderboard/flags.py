@@ -1,0 +1,36 @@
+"""Warnings a reader must see beside a dataset's scores, for every report format: a within-patient
+split, a gene panel chosen with the test slides, an encoder or method pretrained on the
+benchmark's own corpus."""
+
+from __future__ import annotations
+
+import json
+
+
+def dataset_flags(res, g) -> tuple[str, ...]:
+    """``g``: the results frame of one dataset; ``res``: its ``Results`` (panel statistics live in
+    the full record: one read per panel, a fold's cells share it)."""
+    protos = [json.loads(p or "{}") for p in sorted(set(g["protocol"]))]
+    flags = []
+    if any(p.get("patient_overlap") for p in protos):
+        flags.append("test patient also in train: a within-patient split, easier than a new patient")
+    informed = sorted({str(r.panel_id) for r in g.drop_duplicates("panel_id").itertuples()
+                       if res.panel_stats(r.cell_id).get("test_informed")})
+    if informed:
+        flags.append(f"test-informed gene panel ({len(informed)} of {g['panel_id'].nunique()} panels chosen "
+                     "with the test slides, e.g. HEST-Benchmark's var_50genes.json): scores are optimistic")
+    overlap = sorted({str(x) for p in protos for x in (p.get("pretraining_overlap") or [])})
+    if overlap:
+        flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
+                     "with this dataset")
+    return tuple(flags)
+
+
+def all_flags(res, frame) -> dict[str, tuple[str, ...]]:
+    """dataset -> its flags (datasets without any are left out)."""
+    out = {}
+    for ds, g in frame.groupby("dataset", sort=True):
+        flags = dataset_flags(res, g)
+        if flags:
+            out[str(ds)] = flags
+    return out
