@@ -155,3 +155,21 @@ def write_spaceranger2(ds: SpatialDataset, sid: str, out: Path, *, scale: float 
         "spot_diameter_fullres": s.spot_diameter_um / um, "tissue_hires_scalef": 0.25, "tissue_lowres_scalef": 0.05,
         "fiducial_diameter_fullres": 1.6 * s.spot_diameter_um / um}))
     return out
+
+
+# a tiny mean+ridge grid through the CLI: what every reader test runs on the dataset it wrote
+RUN = ["run", "--methods", "mean,ridge", "--preset", "tiny", "--encoder", "color-stats", "--device", "cpu",
+       "--no-progress"]
+
+
+def run_ok(results: Path, *args: str, genes: str = "20") -> list[dict]:
+    """Run RUN + args into ``results``; the finished records (exit 0 and both methods asserted)."""
+    from typer.testing import CliRunner
+
+    from flag_bench.cli import app
+
+    res = CliRunner().invoke(app, [*RUN, "--genes", genes, *args, "--results-dir", str(results)])
+    assert res.exit_code == 0, res.output
+    cells = [json.loads(p.read_text()) for p in results.glob("cells/*.json") if ".failed-" not in p.name]
+    assert cells and {c["cell"]["method"] for c in cells} == {"mean", "ridge"}
+    return cells

@@ -312,3 +312,17 @@ def mlflow_server(postgres_url, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+def hide_module(monkeypatch, name: str) -> None:
+    """Make ``import name`` (and its submodules) fail, as on a machine without that extra."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(mod, *a, **k):
+        if mod == name or mod.startswith(name + "."):
+            raise ImportError(mod)
+        return real(mod, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)

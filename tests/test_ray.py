@@ -56,16 +56,9 @@ def test_ray_gives_the_serial_scores(local_ray, tmp_path):
 
 
 def test_missing_ray_is_one_line(monkeypatch):
-    import builtins
+    from services import hide_module
 
-    real = builtins.__import__
-
-    def no_ray(name, *a, **k):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    hide_module(monkeypatch, "ray")
     from flag_bench.cluster.ray import require_ray
     from flag_bench.errors import UserError
 

@@ -3,23 +3,17 @@ each read and run end to end with mean and ridge."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import layouts
-from flag_bench.cli import app
 from flag_bench.datasets import her2st_mini
 from flag_bench.datasets.base import PatchSpec
 from flag_bench.datasets.readers import h5ad, spaceranger
 
 DATA = Path(__file__).parent / "data"
-runner = CliRunner()
-RUN = ["run", "--methods", "mean,ridge", "--preset", "tiny", "--encoder", "color-stats", "--device", "cpu",
-       "--genes", "20", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +22,7 @@ def mini():
 
 
 def _run_ok(tmp_path: Path, *args: str) -> list[dict]:
-    res = runner.invoke(app, [*RUN, *args, "--results-dir", str(tmp_path / "r")])
-    assert res.exit_code == 0, res.output
-    cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "cells").glob("*.json")]
-    assert cells and {c["cell"]["method"] for c in cells} == {"mean", "ridge"}
-    return cells
+    return layouts.run_ok(tmp_path / "r", *args)
 
 
 def test_spaceranger_1_0_fixture():

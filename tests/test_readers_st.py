@@ -3,26 +3,17 @@ to end with mean and ridge over its two animals."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from typer.testing import CliRunner
 
-from flag_bench.cli import app
+import layouts
 from flag_bench.datasets.readers import legacy_st
 
 DATA = Path(__file__).parent / "data"
-runner = CliRunner()
-RUN = ["run", "--methods", "mean,ridge", "--preset", "tiny", "--encoder", "color-stats", "--device", "cpu",
-       "--genes", "20", "--no-progress"]
 
 
 def _run_ok(tmp_path: Path, *args: str) -> list[dict]:
-    res = runner.invoke(app, [*RUN, *args, "--results-dir", str(tmp_path / "r")])
-    assert res.exit_code == 0, res.output
-    cells = [json.loads(p.read_text()) for p in (tmp_path / "r" / "cells").glob("*.json")]
-    assert cells and {c["cell"]["method"] for c in cells} == {"mean", "ridge"}
-    return cells
+    return layouts.run_ok(tmp_path / "r", *args)
 
 
 def test_mob_sections_run_leave_one_animal_out(tmp_path):

@@ -141,16 +141,9 @@ def test_detach_collect_scancel_and_resubmit(slurm_cluster, serial_scores, tmp_p
 
 
 def test_missing_extra_is_one_line(monkeypatch, tmp_path):
-    import builtins
+    from services import hide_module
 
-    real = builtins.__import__
-
-    def no_submitit(name, *a, **k):
-        if name == "submitit" or name.startswith("submitit."):
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    hide_module(monkeypatch, "submitit")
     from flag_bench.cluster.slurm import require_submitit
     from flag_bench.errors import UserError
 
