@@ -66,6 +66,10 @@ def describe(ds) -> list[str]:
         problems.append(f"{sid}: {n} spot(s) without a patch were dropped")
     for sid, n in meta.get("genes_dropped_not_shared", {}).items():
         problems.append(f"{sid}: {n} gene(s) not measured on every slide were dropped")
+    no_image = [s.id for s in ds.slides if s.tile_reader is None]
+    if no_image:
+        problems.append(f"no image or patches for {', '.join(no_image[:5])}{' ...' if len(no_image) > 5 else ''}: "
+                        "methods that need tiles or embeddings cannot run (give image= or patches= in the spec)")
     if meta.get("patients_known") is False:
         problems.append("patients unknown: each slide is its own patient (give patients to use --split patient)")
     lines.append("problems: " + ("none" if not problems else ""))
