@@ -172,3 +172,25 @@ def test_slurm_options_from_toml_and_command_line(tmp_path):
     bad.write_text('[run]\nslurm_time = "1h"\n')
     with pytest.raises(UserError, match=r"bad.toml: \[run\] slurm_time"):
         build_config(bad, {})
+
+
+def test_counts_of_a_fully_collected_submission_need_no_squeue(tmp_path, monkeypatch):
+    """`flag-bench status` on a finished SLURM grid works after the cluster is gone: a submission
+    whose tasks were all collected is not looked up in squeue (one that is not still is)."""
+    import json as _json
+
+    import flag_bench.store as store_mod
+    from flag_bench.cluster.slurm import Submission, counts
+    from flag_bench.errors import UserError
+
+    def no_squeue(max_age: float = 2.0):
+        raise UserError("squeue failed")
+
+    monkeypatch.setattr(store_mod, "slurm_jobs", no_squeue)
+    sub = Submission.write(tmp_path, "41", tmp_path / "jobs", [["c1"], ["c2"]], ["41_0", "41_1"], None, {},
+                           "default", None)
+    sub.collected_path.write_text(_json.dumps([0, 1]))
+    assert counts(Submission(sub.path)) == {"collected": 2, "done": 0, "pending": 0, "running": 0, "lost": 0}
+    sub.collected_path.write_text(_json.dumps([0]))
+    with pytest.raises(UserError, match="squeue"):
+        counts(Submission(sub.path))

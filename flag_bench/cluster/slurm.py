@@ -305,7 +305,9 @@ def counts(sub: Submission) -> dict[str, int]:
     """Array tasks of a submission by state: collected, done (not collected), pending, running, lost."""
     from flag_bench.store import slurm_jobs
 
-    jobs, done = slurm_jobs(max_age=0), sub.collected()
+    done = sub.collected()
+    # a fully collected submission needs no squeue (SLURM may be gone by the time one asks)
+    jobs = slurm_jobs(max_age=0) if len(done) < len(sub.tasks) else {}
     out = {"collected": 0, "done": 0, "pending": 0, "running": 0, "lost": 0}
     for i in range(len(sub.tasks)):
         out["collected" if i in done else sub.state(i, jobs)] += 1
