@@ -326,3 +326,15 @@ def hide_module(monkeypatch, name: str) -> None:
         return real(mod, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
+
+
+# the small grid every engine test runs and compares with the serial engine's scores
+ENGINE_GRID = dict(datasets=("synthetic:n_slides=3,spots_per_slide=60,n_genes=80,seed=3",), methods=("mean", "ridge"),
+                   genes=(10,), encoder="color-stats", preset="tiny", device="cpu")
+
+
+def store_scores(results_dir) -> dict:
+    """{cell_id: scores} of the finished records in a results dir."""
+    from flag_bench.store import ResultsStore
+
+    return {r.cell_id: dict(r.scores) for r in ResultsStore(results_dir).records()}

@@ -8,17 +8,13 @@ import pytest
 from flag_bench.config import RunConfig
 from flag_bench.driver import Driver
 from flag_bench.store import ResultsStore
+from services import ENGINE_GRID, store_scores
 
 pytest_plugins = [__name__.rpartition(".")[0] + ".services" if "." in __name__ else "services"]
 pytestmark = pytest.mark.slow
 
-SYN = "synthetic:n_slides=3,spots_per_slide=60,n_genes=80,seed=3"
-BASE = dict(datasets=(SYN,), methods=("mean", "ridge"), genes=(10,), encoder="color-stats", preset="tiny",
-            device="cpu")
-
-
-def _scores(results_dir):
-    return {r.cell_id: dict(r.scores) for r in ResultsStore(results_dir).records()}
+BASE = ENGINE_GRID
+_scores = store_scores
 
 
 @pytest.fixture(scope="module")
