@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from flag_bench.errors import UserError
+from flag_bench.errors import UserError, one_line
 from flag_bench.io import atomic_write_json
 from flag_bench.record import CellRecord
 
@@ -291,8 +291,3 @@ def slurm_jobs(max_age: float = 2.0) -> dict[str, str]:
 
 def slurm_job_alive(job_id: str) -> bool:
     return job_id in slurm_jobs()
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""

@@ -22,10 +22,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from flag_bench import PROTOCOL_VERSION
-from flag_bench.errors import UserError
+from flag_bench.errors import UserError, one_line
 from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, jsonable
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -55,12 +55,6 @@ def experiment_name(suite: str) -> str:
 
 def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
-
-
-def one_line(message: str, n: int = 300) -> str:
-    """The first line of an error message, cut to n characters (a table cell, an MLflow tag)."""
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    return first if len(first) <= n else first[: n - 3] + "..."
 
 
 def open_client(uri: str):
@@ -196,6 +190,18 @@ def fetch_record(client, run_id: str) -> CellRecord:
         return CellRecord.loads(path.read_text(), where=f"MLflow run {run_id} {RECORD_ARTIFACT}")
 
 
+def paged(call) -> Iterator:
+    """Every item of an MLflow paged search: ``call(page_token)`` returns one page (a list with
+    ``.token``); pages are fetched until the token runs out."""
+    token = None
+    while True:
+        page = call(token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 # -- the writer ---------------------------------------------------------------------------------
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
@@ -313,21 +319,18 @@ class Tracker:
 
         finished: dict[str, str] = {}
         unfinished: dict[str, list[str]] = defaultdict(list)
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], f"tags.`{T_LEVEL}` = 'cell'",
-                                           run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-            for run in page:
-                cid, status = run.data.tags.get(T_CELL), run.info.status
-                if cid is None:
-                    continue
-                if status == "FINISHED" and run.data.tags.get(T_STATUS) == "ok":
-                    finished.setdefault(cid, run.info.run_id)
-                elif status in ("RUNNING", "SCHEDULED"):
-                    unfinished[cid].append(run.info.run_id)
-            token = page.token
-            if not token:
-                return finished, dict(unfinished)
+        runs = paged(lambda t: self.client.search_runs([self.experiment_id], f"tags.`{T_LEVEL}` = 'cell'",
+                                                       run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                                                       page_token=t))
+        for run in runs:
+            cid, status = run.data.tags.get(T_CELL), run.info.status
+            if cid is None:
+                continue
+            if status == "FINISHED" and run.data.tags.get(T_STATUS) == "ok":
+                finished.setdefault(cid, run.info.run_id)
+            elif status in ("RUNNING", "SCHEDULED"):
+                unfinished[cid].append(run.info.run_id)
+        return finished, dict(unfinished)
 
     # -- curves ------------------------------------------------------------------------------
     def log_curves(self, parent_id: str, records: Iterable[CellRecord]) -> None:

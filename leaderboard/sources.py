@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from flag_bench.errors import UserError
 from flag_bench.record import CellRecord
@@ -46,7 +46,7 @@ class Loaded:
 # -- the results store --------------------------------------------------------------------------
 def from_store(results_dir: Path, suite: str | None) -> Loaded:
     from flag_bench.store import ResultsStore
-    from flag_bench.tracking import one_line
+    from flag_bench.errors import one_line
 
     store = ResultsStore(results_dir)
     mine = (lambda rec: True) if suite is None else (lambda rec: rec.protocol.get("suite") == suite)
@@ -76,25 +76,17 @@ def _suite_of(experiment: str) -> str | None:
     return "/".join(parts[1:-1]) if len(parts) >= 3 and parts[0] == "flag-bench" else None
 
 
-def _paged(call) -> Iterator:
-    token = None
-    while True:
-        page = call(token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def _cell_runs(client, suite: str | None) -> list:
     from mlflow.entities import ViewType
 
+    from flag_bench.tracking import paged
+
     exps = [e.experiment_id
-            for e in _paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=t))
+            for e in paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=t))
             if _suite_of(e.name) is not None and suite in (None, _suite_of(e.name))]
     if not exps:
         return []
-    runs = _paged(lambda t: client.search_runs(exps, filter_string="tags.`flag_bench.level` = 'cell'",
+    runs = paged(lambda t: client.search_runs(exps, filter_string="tags.`flag_bench.level` = 'cell'",
                                                max_results=5000, page_token=t))
     # a run still RUNNING was cut short while being logged; the store re-logs that cell
     return [r for r in runs if r.info.status in ("FINISHED", "FAILED")]

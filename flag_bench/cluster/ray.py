@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Iterable, Iterator
 
-from flag_bench.errors import UserError
+from flag_bench.errors import UserError, one_line
 from flag_bench.record import CellRecord
 
 
@@ -68,7 +68,7 @@ class RayExecutor:
                     ray.init(address=self.cfg.ray_address, log_to_driver=False)
                 except Exception as exc:
                     raise UserError(f"--ray-address {self.cfg.ray_address}: cannot join that Ray cluster "
-                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                    f"({type(exc).__name__}: {one_line(str(exc), 200)}); "
                                     "check the address (`ray status` on the head node)") from None
             else:
                 # a private local cluster: no dashboard, a capped object store (records are small),
