@@ -65,17 +65,9 @@ class JpegTileReader:
         """uint8 (n_spots or len(spots), size_px, size_px, 3); ``spots`` are sorted indices."""
         from PIL import Image
 
-        if patch.size_um > self.stored_um + 1e-6:
-            raise UserError(
-                f"patch size {patch.size_um:g} um: her2st-mini stores {self.stored_um:g}-um patches only; "
-                f"use --patch-um <= {self.stored_um:g}"
-            )
-        if patch.size_px < 1:
-            raise UserError(f"patch size {patch.size_px} px: must be a positive number of pixels")
-        side = patch.size_um / self.stored_um * self.stored_px
-        lo = (self.stored_px - side) / 2.0
-        box = (lo, lo, lo + side, lo + side)
-        whole = abs(side - self.stored_px) < 1e-6
+        from flag_bench.datasets.readers.images import check_patch, resample
+
+        check_patch(patch, self.stored_um, "her2st-mini")
         with h5py.File(self.path, "r") as f:
             stored = f["slides"][slide_id]["tiles"]
             if spots is None:
@@ -85,14 +77,7 @@ class JpegTileReader:
                 blobs = stored[spots] if len(spots) else []
         out = np.empty((len(blobs), patch.size_px, patch.size_px, 3), dtype=np.uint8)
         for i, b in enumerate(blobs):
-            img = Image.open(io.BytesIO(b.tobytes())).convert("RGB")
-            if whole and patch.size_px == self.stored_px:
-                out[i] = np.asarray(img)
-                continue
-            # resize with a sub-pixel box: bicubic up, and PIL's antialiasing filter when shrinking
-            out[i] = np.asarray(
-                img.resize((patch.size_px, patch.size_px), Image.Resampling.BICUBIC, box=None if whole else box)
-            )
+            out[i] = resample(np.asarray(Image.open(io.BytesIO(b.tobytes())).convert("RGB")), self.stored_um, patch)
         return out
 
 

@@ -19,8 +19,8 @@ BACKGROUND = 255  # white outside the image: what a slide scanner shows off tiss
 
 def resample(tile: np.ndarray, stored_um: float, patch: PatchSpec) -> np.ndarray:
     """uint8 (px, px, 3): the central ``patch.size_um`` of a square ``tile`` covering
-    ``stored_um``, resampled to ``patch.size_px`` with the same PIL call her2st-mini uses (so
-    the same stored pixels give the same patch in either loader)."""
+    ``stored_um``, resampled to ``patch.size_px`` (one call for every stored-patch reader,
+    her2st-mini's included, so the same stored pixels give the same patch in any loader)."""
     from PIL import Image
 
     stored_px = tile.shape[0]
@@ -30,11 +30,13 @@ def resample(tile: np.ndarray, stored_um: float, patch: PatchSpec) -> np.ndarray
         return tile
     lo = (stored_px - side) / 2.0
     img = Image.fromarray(tile)
+    # resize with a sub-pixel box: bicubic up, and PIL's antialiasing filter when shrinking
     return np.asarray(img.resize((patch.size_px, patch.size_px), Image.Resampling.BICUBIC,
                                  box=None if whole else (lo, lo, lo + side, lo + side)))
 
 
-def _check_patch(patch: PatchSpec, limit_um: float | None, what: str) -> None:
+def check_patch(patch: PatchSpec, limit_um: float | None, what: str) -> None:
+    """A positive pixel size, and no wider than ``limit_um`` (what ``what`` stores; None: any)."""
     if patch.size_px < 1:
         raise UserError(f"patch size {patch.size_px} px: must be a positive number of pixels")
     if limit_um is not None and patch.size_um > limit_um + 1e-6:
@@ -64,7 +66,7 @@ class H5PatchReader:
         """uint8 (n_spots or len(spots), size_px, size_px, 3)."""
         import h5py
 
-        _check_patch(patch, self.stored_um, str(self.path))
+        check_patch(patch, self.stored_um, str(self.path))
         rows = self.rows if spots is None else self.rows[np.asarray(spots, dtype=np.int64)]
         out = np.empty((len(rows), patch.size_px, patch.size_px, 3), dtype=np.uint8)
         if len(rows) == 0:
@@ -165,7 +167,7 @@ class ImageTileReader:
         self.um_per_px = float(um_per_px)
 
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
-        _check_patch(patch, None, str(self.path))
+        check_patch(patch, None, str(self.path))
         idx = np.arange(len(self.coords)) if spots is None else np.asarray(spots, dtype=np.int64)
         out = np.empty((len(idx), patch.size_px, patch.size_px, 3), dtype=np.uint8)
         if len(idx) == 0:
