@@ -183,10 +183,10 @@ def test_table_and_markdown_warn_of_test_informed_panels_and_pretraining_overlap
     write_demo_store(flagged, methods=("mean", "ridge"), genes=(20,), folds=2, side=6, test_informed=True,
                      pretraining_overlap=["HEST-1k"])
     write_demo_store(clean, methods=("mean", "ridge"), genes=(20,), folds=2, side=6, test_informed=False)
-    for fmt in ("table", "markdown"):
-        out = CliRunner().invoke(app, ["report", "--results-dir", str(flagged), "--format", fmt, "--source", "store"])
+    for form in ("table", "markdown"):
+        out = CliRunner().invoke(app, ["report", "--results-dir", str(flagged), "--format", form, "--source", "store"])
         assert out.exit_code == 0, out.output
         text = " ".join(out.output.split())
         assert "test-informed gene panel (2 of 2 panels" in text and "pretraining overlap" in text and "HEST-1k" in text
-        out = CliRunner().invoke(app, ["report", "--results-dir", str(clean), "--format", fmt, "--source", "store"])
+        out = CliRunner().invoke(app, ["report", "--results-dir", str(clean), "--format", form, "--source", "store"])
         assert out.exit_code == 0 and "test-informed" not in out.output and "pretraining overlap" not in out.output

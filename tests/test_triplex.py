@@ -3,7 +3,6 @@ masking, determinism, and the one-line errors."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
