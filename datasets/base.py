@@ -17,6 +17,19 @@ import scipy.sparse as sp
 CAPABILITIES = frozenset({"embeddings", "tiles", "coords", "slide_context", "counts", "region"})
 
 
+def median_spacing(coords: np.ndarray, *, drop_coincident: bool = False) -> float | None:
+    """Median distance from each of (n >= 2, 2) spot centres to its nearest other spot, in the
+    coordinates' unit (the lattice pitch on a regular array); ``drop_coincident`` ignores zero
+    distances (duplicated centres). None when no distance is left."""
+    from scipy.spatial import cKDTree
+
+    c = np.asarray(coords, dtype=np.float64)
+    d = cKDTree(c).query(c, k=2)[0][:, 1]
+    if drop_coincident:
+        d = d[d > 0]
+    return float(np.median(d)) if len(d) else None
+
+
 @dataclass(frozen=True)
 class PatchSpec:
     """A square patch: ``size_um`` of tissue resampled to ``size_px`` pixels.

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from flag_bench.datasets.base import PatchSpec, TileReader
+from flag_bench.datasets.base import PatchSpec, TileReader, median_spacing
 from flag_bench.datasets.embed_cache import SlideRef, embeddings_for
 from flag_bench.datasets.encoders import Encoder
 from flag_bench.errors import UserError
@@ -109,10 +109,7 @@ class SlideImage:
             return float(stored)
         if self.n_spots < 2:
             return float(self.patch.size_um)
-        from scipy.spatial import cKDTree
-
-        d, _ = cKDTree(self.coords_um).query(self.coords_um, k=2)
-        return float(2.0 * np.median(d[:, 1]))
+        return 2.0 * median_spacing(self.coords_um)
 
     def _compose(self, center: np.ndarray, size_um: float, px: int) -> np.ndarray:
         um_per_px = size_um / px

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from flag_bench.datasets.base import median_spacing
 from flag_bench.errors import UserError
 
 # centre-to-centre spot pitch by platform, micrometres; the estimate divides it by the median
@@ -53,12 +54,7 @@ def nn_spacing_px(coords: np.ndarray) -> float | None:
     """Median nearest-neighbour distance of (n, 2) spot centres, pixels; None under 3 spots."""
     if len(coords) < 3:
         return None
-    from scipy.spatial import cKDTree
-
-    d, _ = cKDTree(coords).query(coords, k=2)
-    d = d[:, 1]
-    d = d[d > 0]
-    return float(np.median(d)) if len(d) else None
+    return median_spacing(coords, drop_coincident=True)
 
 
 def estimate_pixel_size(coords: np.ndarray, pitch_um: float) -> float | None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flag_bench.datasets.base import median_spacing
 from flag_bench.errors import UserError
 from flag_bench.methods.histogene.card import HISTOGENE
 from flag_bench.methods.common import training
@@ -119,10 +120,7 @@ def grid_positions(coords_um: np.ndarray, step_um: float | None) -> tuple[np.nda
         if len(c) < 2:
             step_um = 1.0
         else:
-            from scipy.spatial import cKDTree
-
-            d, _ = cKDTree(c).query(c, k=2)
-            step_um = float(np.median(d[:, 1])) or 1.0
+            step_um = median_spacing(c) or 1.0
     return np.rint((c - c.min(axis=0)) / step_um).astype(np.int64), float(step_um)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flag_bench.datasets.base import median_spacing
 from flag_bench.errors import UserError
 from flag_bench.methods.common.images import tiles_to_tensor
 from flag_bench.methods.triplex import geometry
@@ -72,12 +73,9 @@ def region_tiles(slide, radius: int, patch_um: float, px: int) -> tuple[np.ndarr
 
 
 def _pitch(coords: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
     if len(coords) < 2:
         return 1.0
-    d, _ = cKDTree(coords).query(coords, k=2)
-    return float(np.median(d[:, 1])) or 1.0
+    return median_spacing(coords) or 1.0
 
 
 def check_images(data) -> None:
