@@ -82,9 +82,8 @@ class RunConfig:
             raise UserError(f"--workers {self.workers}: use 1 or more")
         if self.executor not in EXECUTORS:
             raise UserError(f"--executor {self.executor}: use one of {', '.join(EXECUTORS)}")
-        for name in ("max_retries",):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: use 0 or more")
+        if self.max_retries < 0:
+            raise UserError(f"--max-retries {self.max_retries}: use 0 or more")
         for name in ("slurm_time", "slurm_batch", "ray_cpus_per_cell", "slurm_cpus_per_task", "slurm_array_parallelism"):
             value = getattr(self, name)
             if value is not None and value < 1:
