@@ -7,8 +7,10 @@ epochs, one slide per step, last weights kept.
 
 The harness hands methods micrometre coordinates, not array indices, so grid positions are the
 slide's coordinates minus their minimum, divided by the spot pitch (the median nearest-neighbour
-distance, or ``grid_step_um``) and rounded. The position table is sized from the training slides
-(``n_pos``), and a slide reaching beyond it is a one-line error naming the fix. Memory guard:
+distance, or ``grid_step_um``) and rounded. The position table has the official 64 rows
+(``min_pos``), more when the training slides reach further (a test slide may be larger than every
+training slide: her2st-mini's B4 reaches position 25 where patient C's sections stop at 22), and a
+slide reaching beyond it is a one-line error naming the fix (``n_pos``). Memory guard:
 a slide with more than ``max_seq_len`` spots is cut by recursive median bisection into spatially
 contiguous windows (``common.windows``), each spot in exactly one window; positions stay
 slide-level. Departures from the official code are config switches listed in
@@ -51,7 +53,8 @@ class HisToGeneConfig:
     dropout: float = 0.1
     lr: float = 1e-5  # tutorial and README; vis_model.py's class default is 1e-4
     epochs: int = 100
-    n_pos: int | None = None  # None: the training slides' largest grid index + 1 + pos_margin
+    n_pos: int | None = None  # None: max(min_pos, the training slides' largest grid index + 1 + pos_margin)
+    min_pos: int = 64  # the official table size (vis_model.py n_pos=64)
     pos_margin: int = 2
     grid_step_um: float | None = None  # None: each slide's median nearest-neighbour distance
     max_seq_len: int | None = 2048  # larger slides are windowed (memory guard)
@@ -62,8 +65,8 @@ class HisToGeneConfig:
             raise ValueError(f"tokens must be one of {TOKENS}, got {self.tokens!r}")
         if min(self.patch_px, self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.epochs) < 1:
             raise ValueError("patch_px, dim, depth, heads, dim_head, mlp_dim and epochs must be >= 1")
-        if self.n_pos is not None and self.n_pos < 1:
-            raise ValueError("n_pos must be >= 1")
+        if self.n_pos is not None and self.n_pos < 1 or self.min_pos < 1:
+            raise ValueError("n_pos and min_pos must be >= 1")
         if self.max_seq_len is not None and self.max_seq_len < 1:
             raise ValueError("max_seq_len must be >= 1")
         if self.pos_margin < 0 or self.pixel_scale <= 0 or (self.grid_step_um is not None and self.grid_step_um <= 0):
@@ -185,7 +188,7 @@ class HisToGene(TorchMethod):
                                                              for s in train.slides]).astype(np.float32))
         extent = max((int(grid_positions(s.coords_um, cfg.grid_step_um)[0].max(initial=0)) for s in train.slides),
                      default=0)
-        self.n_pos_ = cfg.n_pos if cfg.n_pos is not None else extent + 1 + cfg.pos_margin
+        self.n_pos_ = cfg.n_pos if cfg.n_pos is not None else max(cfg.min_pos, extent + 1 + cfg.pos_margin)
         return extent
 
     def fit(self, train, val=None):
@@ -230,7 +233,7 @@ class HisToGene(TorchMethod):
         cfg = self.config
         dev = {"target": f"harness target ({train.target_transform}) on the fold panel, not scprep log10",
                "grid_positions": "rounded um coordinates / spot pitch (no array indices in the harness)",
-               "n_pos": f"{self.n_pos_} sized from the training slides (official: 64)"}
+               "n_pos": f"{self.n_pos_} (official: 64; grown to the training slides' extent where they reach further)"}
         if cfg.lr != 1e-5:
             dev["lr"] = f"{cfg.lr:g} (tutorial 1e-5, class default 1e-4)"
         if cfg.tokens == "embeddings":
