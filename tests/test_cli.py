@@ -69,6 +69,17 @@ def test_config_file_unknown_key_and_cli_override(tmp_path):
     assert "1 computed" in res.output  # the CLI's --methods won over the file
 
 
+def test_a_failed_cells_message_keeps_its_toml_table(tmp_path):
+    """The fix a failure names ("set [methods.histogene] n_pos = ...") is printed whole, not eaten
+    as console markup."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[methods.histogene]\nn_pos = 1\n")
+    res = runner.invoke(app, [*BASE, "--results-dir", str(tmp_path / "r"), "--config", str(cfg),
+                              "--methods", "histogene", "--genes", "5", "--folds", "0"])
+    assert res.exit_code == 1 and "1 failed" in res.output, res.output
+    assert "set [methods.histogene] n_pos = " in " ".join(res.output.split()), res.output
+
+
 def test_run_then_report_formats(tmp_path):
     rd = str(tmp_path / "r")
     res = runner.invoke(app, [*BASE, "--results-dir", rd, "--methods", "mean,ridge", "--genes", "5,10"])

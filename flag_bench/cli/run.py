@@ -108,7 +108,9 @@ def _print_summary(console, summary, cfg) -> None:
     if summary.tracking_offline:
         console.print(f"[yellow]MLflow missed cells[/yellow] ({summary.tracking_offline}): `flag-bench sync-tracking "
                       f"--results-dir {cfg.results_dir} --tracking-uri {summary.tracking_uri}` logs them")
-    for desc, msg in summary.failed:
-        console.print(f"  [red]failed[/red] {desc}: {msg}")
+    from rich.markup import escape
+
+    for desc, msg in summary.failed:  # a message may quote a TOML table ([methods.histogene]): not markup
+        console.print(f"  [red]failed[/red] {escape(desc)}: {escape(msg)}")
     console.print(f"MLflow: {summary.tracking_uri} (parent run {summary.parent_run_id}); "
                   f"`flag-bench report --results-dir {cfg.results_dir}` prints the leaderboard")
