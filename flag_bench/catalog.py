@@ -23,6 +23,9 @@ METHODS: Registry = Registry(
         "ridge-smooth": "flag_bench.methods.controls:RidgeSmoothControl",
         "triplex": "flag_bench.methods.triplex.method:Triplex",
         "stflow": "flag_bench.methods.stflow.method:STFlow",
+        # oracles: computed from the test truth by the harness, marked on every leaderboard
+        "oracle-noise": "flag_bench.methods.oracles:OracleNoise",
+        "oracle-smooth": "flag_bench.methods.oracles:OracleSmooth",
     },
 )
 

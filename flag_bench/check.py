@@ -124,14 +124,23 @@ def resolve(name: str):
     """The registered class of ``name``; a UserError for an unknown or broken method."""
     from flag_bench.catalog import METHODS
 
-    return METHODS.get(METHODS.check(name))
+    return _not_an_oracle(name, METHODS.get(METHODS.check(name)))
+
+
+def _not_an_oracle(name: str, cls):
+    from flag_bench.methods.oracles import is_oracle
+
+    if is_oracle(cls):
+        raise UserError(f"{name} is an oracle control: the harness computes it from the test truth, so the "
+                        "method contract (no test expression) does not apply; tests/test_oracles.py checks it")
+    return cls
 
 
 def run_checks(name: str, cls=None, on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
     """Every contract check on method ``name`` (``cls`` defaults to the registered class)."""
     from flag_bench.check_rules import Contract
 
-    contract = Contract(name, cls if cls is not None else resolve(name))
+    contract = Contract(name, _not_an_oracle(name, cls if cls is not None else resolve(name)))
     results = []
     with registered_dataset(contract.holder):
         for title, fn in contract.checks():

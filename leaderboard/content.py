@@ -80,8 +80,10 @@ def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Seq
     c = Content(lb, labels, filter_text=res.filter.describe() if getattr(res, "filter", None) else "")
     c.cards = cards(res, frame)
     c.coverage = coverage(frame, res.failed(), labels)
+    # oracles read the truth: shown on every board, never ranked against methods
+    ranked = frame[~frame["method"].isin(S.oracle_methods(sorted(set(frame["method"]))))]
     for m in metrics:
-        c.tests.append(S.metric_tests(frame, m, direction.get(m) is not False, labels))
+        c.tests.append(S.metric_tests(ranked, m, direction.get(m) is not False, labels))
     roles = S.control_roles(sorted(set(frame["method"])))
     c.scaled = S.scaled_scores(frame, metrics, direction, labels, roles)
     _curve_figures(c, frame, metrics, direction, colors, kind)

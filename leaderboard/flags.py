@@ -1,6 +1,6 @@
 """Warnings a reader must see beside a dataset's scores, for every report format: a within-patient
 split, a gene panel chosen with the test slides, an encoder or method pretrained on the
-benchmark's own corpus."""
+benchmark's own corpus, oracle rows computed from the truth."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if overlap:
         flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
                      "with this dataset")
+    from flag_bench.leaderboard.stats import oracle_methods
+
+    oracles = oracle_methods(sorted(set(g["method"])))
+    if oracles:
+        flags.append(f"oracle rows ({', '.join(oracles)}) are computed from the test truth: references that "
+                     "check the metrics, not methods; left out of the rank tests")
     return tuple(flags)
 
 

@@ -215,6 +215,14 @@ class ScaledCell:
     scores: Mapping[str, float]  # configuration label -> scaled mean
 
 
+def oracle_methods(methods: Sequence[str]) -> list[str]:
+    """The oracles among ``methods`` (methods/oracles.py: computed from the test truth)."""
+    from flag_bench.catalog import METHODS, method_card
+    from flag_bench.methods.oracles import is_oracle
+
+    return [m for m in methods if m in METHODS.names() and is_oracle(method_card(m))]
+
+
 def control_roles(methods: Sequence[str]) -> dict[str, str]:
     """method -> 'negative' | 'positive' for the controls among ``methods``.
 

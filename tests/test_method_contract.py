@@ -27,7 +27,9 @@ from flag_bench.methods.base import MethodCard
 from flag_bench.methods.controls import MeanConfig, MeanControl
 from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
-ALL_METHODS = METHODS.names()
+from flag_bench.methods.oracles import is_oracle  # noqa: E402
+
+ALL_METHODS = [n for n in METHODS.names() if not is_oracle(METHODS.get(n))]  # oracles: tests/test_oracles.py
 PATCH = PatchSpec(112, 32)
 
 
