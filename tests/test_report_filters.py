@@ -1,4 +1,4 @@
-"""--datasets, --methods, --genes, --suite and --since narrow every report format the same way, and
+"""--datasets, --methods, --genes, --split, --suite and --since narrow every report format the same way, and
 a value matching nothing is a one-line error, not an empty report."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flag_bench.cli import app
+from flag_bench.leaderboard.filters import make_filter
 from report_demo import write_demo_store
 from flag_bench.store import ResultsStore
 
@@ -52,6 +53,14 @@ def test_unfiltered_baseline(rd):
 def test_methods_and_genes(rd):
     rows = _csv(rd, "--methods", "ridge,flag", "--genes", "20")
     assert {(r["method"], r["n_genes"]) for r in rows} == {("ridge", "20"), ("flag", "20")}
+
+
+def test_split_keeps_that_split_kind_and_planned_cells_of_unknown_split(rd):
+    assert len(_csv(rd, "--split", "slide")) == 6
+    flt = make_filter(splits=["patient"])
+    assert flt.keep("d", "d", "m", 20, "", "patient") and not flt.keep("d", "d", "m", 20, "", "slide")
+    assert flt.keep("d", "d", "m", 20, None, None)  # a planned cell of a --split default grid
+    assert flt.describe() == "split patient"
 
 
 def test_datasets_by_name_or_spec(rd):
@@ -102,6 +111,7 @@ def test_figures_filtered(rd, tmp_path):
     (["--methods", "ridge,bleep"], ["--methods bleep", "flag, mean, ridge"]),
     (["--genes", "30"], ["--genes 30", "20, 50"]),
     (["--genes", "x"], ["--genes x"]),
+    (["--split", "patient"], ["--split patient", "slide"]),
     (["--since", "yesterday"], ["--since", "ISO"]),
     (["--suite", "other"], ["suite other"]),
 ])
