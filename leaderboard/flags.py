@@ -23,6 +23,10 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if overlap:
         flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
                      "with this dataset")
+    splits = sorted({str(x) for x in g["split"]}) if "split" in g.columns else []
+    if len(splits) > 1:
+        flags.append(f"folds of {len(splits)} split kinds ({', '.join(splits)}) pooled in one mean: "
+                     f"report each with --split {splits[0]}")
     from flag_bench.leaderboard.stats import oracle_methods
 
     oracles = oracle_methods(sorted(set(g["method"])))

@@ -63,6 +63,19 @@ def test_split_keeps_that_split_kind_and_planned_cells_of_unknown_split(rd):
     assert flt.describe() == "split patient"
 
 
+def test_a_board_pooling_two_split_kinds_says_so():
+    import pandas as pd
+
+    from flag_bench.leaderboard.flags import dataset_flags
+
+    g = pd.DataFrame({"protocol": ["{}", "{}"], "panel_id": ["p", "p"], "cell_id": ["a", "b"],
+                      "method": ["ridge", "ridge"], "split": ["slide", "patient"]})
+    res = type("R", (), {"panel_stats": lambda self, cell_id: {}})()
+    assert dataset_flags(res, g) == ("folds of 2 split kinds (patient, slide) pooled in one mean: "
+                                     "report each with --split patient",)
+    assert dataset_flags(res, g.iloc[:1]) == ()
+
+
 def test_datasets_by_name_or_spec(rd):
     assert len(_csv(rd, "--datasets", "demo")) == 6
 
