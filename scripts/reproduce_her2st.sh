@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The FLAG paper's HER2ST protocol on her2st-mini, then the diagnostics of SSC and GSC that
+# docs/reproduction.md cites. Every step is an ordinary `flag-bench run` into one results
+# folder, so an interrupted reproduction resumes where it stopped (finished cells are skipped).
+#
+#   bash scripts/reproduce_her2st.sh [RESULTS_DIR]          (default: flag-bench-reproduction)
+#   REPRO_PART=table bash scripts/reproduce_her2st.sh       only the table (part 1)
+#
+# Part 1, the table: HMHVG-200 fitted on each fold's training slides; leave-one-slide-out over
+# C2-C6 (split slide) and C -> B4 (split patient); the six seed methods, the FLAG ablations,
+# the four controls and the two oracles; preset small; seeds 0, 1, 2.
+# Part 2, the diagnostics (seed 0): one sample instead of the mean of the small preset's 8 (FLAG)
+# or 4 (Stem); color-stats instead of EfficientNet-Lite0 (ridge, knn, stem); G = 10, 50, 800
+# beside 200; flag-joint and flag-node against G on fold C2. Moran weights (k = 4, 6, 8, radius) and
+# within- vs cross-patient folds need no new cells: scripts/diagnose_structure.py rescores the
+# saved predictions.
+set -euo pipefail
+
+RD="${1:-flag-bench-reproduction}"
+PART="${REPRO_PART:-all}"
+SEEDS="${REPRO_SEEDS:-0,1,2}"
+METHODS="flag,flag-no-gfm,flag-no-graph,flag-regression,stem,stflow,triplex,histogene,bleep"
+METHODS="$METHODS,mean,ridge,knn,ridge-smooth,oracle-smooth"
+NOISE_LEVELS="0.25 0.5 1 2"
+CONF="$(mktemp -d)"
+trap 'rm -rf "$CONF"' EXIT
+
+run() {  # run SPLIT ARGS...: one grid of the reproduction suite
+    local split="$1"
+    shift
+    flag-bench run --datasets her2st-mini --panel hmhvg --preset small --split "$split" \
+        --results-dir "$RD" --suite her2st-paper --no-progress "$@"
+}
+
+noise_config() {  # the oracle-noise level as a config file (one config = one leaderboard row)
+    printf '[methods.oracle-noise]\nsigma = %s\n' "$1" > "$CONF/noise-$1.toml"
+    echo "$CONF/noise-$1.toml"
+}
+
+# -- part 1: the table ------------------------------------------------------------------------
+for split in slide patient; do
+    run "$split" --genes 200 --seeds "$SEEDS" --methods "$METHODS"
+    for s in $NOISE_LEVELS; do
+        run "$split" --genes 200 --seeds "$SEEDS" --methods oracle-noise --config "$(noise_config "$s")"
+    done
+done
+[ "$PART" = table ] && exec python scripts/diagnose_structure.py "$RD" --table-only
+
+# -- part 2: diagnostics (seed 0), cheapest and most telling first ------------------------------
+printf '[methods.flag]\nn_samples = 1\n[methods.stem]\nn_samples = 1\n' > "$CONF/one-sample.toml"
+for split in slide patient; do  # one sample instead of the mean of several
+    run "$split" --genes 200 --seeds 0 --methods flag,stem --config "$CONF/one-sample.toml"
+done
+for split in slide patient; do  # the image encoder
+    run "$split" --genes 200 --seeds 0 --methods ridge,knn,stem --encoder color-stats
+done
+for genes in 10,50 800; do      # SSC and GSC against G (200 is part 1's)
+    for split in slide patient; do
+        run "$split" --genes "$genes" --seeds 0 --methods mean,ridge,knn,stem,flag,oracle-smooth
+        run "$split" --genes "$genes" --seeds 0 --methods oracle-noise --config "$(noise_config 0.5)"
+    done
+done
+# the Gene Dimension Curse: joint vs node-only diffusion on C2 (the README's earlier sweep's fold)
+run slide --genes 10,50,200,800 --seeds 0 --folds 0 --methods flag-joint,flag-node
+python scripts/diagnose_structure.py "$RD"
