@@ -171,24 +171,12 @@ class Tables:
                 n_folds = g["fold"].nunique()
                 for label, h in g.groupby("label"):
                     if (h.groupby("n_genes")["fold"].nunique() < n_folds).any():
-                        continue  # a one-fold sweep (the GDC table) is not averaged with five-fold ones
+                        continue  # a sweep missing a fold would average other slides at each G
                     by_g = h.groupby("n_genes")[metric].mean()
                     rows.append([split, label] + [fmt(by_g.get(g_)) for g_ in genes])
             out.append(f"**{METRICS[metric]}** (mean over the split's folds)\n")
             out.append(md(["split", "method", *[f"G={g_}" for g_ in genes]], rows) + "\n")
         return "\n".join(out)
-
-    def gdc_table(self, fold: str = "test=C2") -> str:
-        f = self._sweep()
-        f = f[(f["fold"] == fold) & f["method"].isin(["flag", "flag-joint", "flag-node", "stem", "ridge"])]
-        genes = sorted(f["n_genes"].unique())
-        rows = []
-        for metric in ("pcc_mean", "gsc", "ssc"):
-            for label, h in f.groupby("label"):
-                by_g = h.groupby("n_genes")[metric].mean()
-                rows.append([METRICS[metric], label] + [fmt(by_g.get(g_)) for g_ in genes])
-        return (f"### Gene Dimension Curse: joint vs node-only graph diffusion ({fold}, seed 0)\n\n"
-                + md(["metric", "method", *[f"G={g_}" for g_ in genes]], rows) + "\n")
 
     # -- 4 and 5: samples averaged, encoder -----------------------------------------------------
     def _moran_means(self, cell_ids) -> tuple[float, float]:
@@ -297,7 +285,7 @@ def main(argv=None) -> int:
     t = Tables(a.results_dir)
     parts = [t.main_table(), t.claims_table(), t.noise_table()]
     if not a.table_only:
-        parts += [t.g_table(), t.gdc_table(), t.samples_table(), t.encoder_table(), t.weights_table(), t.slide_table()]
+        parts += [t.g_table(), t.samples_table(), t.encoder_table(), t.weights_table(), t.slide_table()]
     text = "\n".join(parts)
     out = a.output or a.results_dir / "reproduction-tables.md"
     out.write_text(text)
