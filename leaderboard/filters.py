@@ -1,4 +1,4 @@
-"""What part of the results a report shows: --datasets, --methods, --genes, --split, --since
+"""What part of the results a report shows: --datasets, --methods, --genes, --split, --encoder, --since
 (--suite is applied when the results are read, --metric is the sort key).
 
 One ``Filter`` is applied to the results once (``Results.where``), before any renderer, so every
@@ -25,23 +25,25 @@ class Filter:
     # split kinds as cells record them (slide, patient, hest, file): a board pools the folds of
     # every split it holds, and within- and cross-patient folds do not belong in one mean
     splits: tuple[str, ...] = ()
+    encoders: tuple[str, ...] = ()  # a row pools a configuration's cells of every encoder it holds
 
     @property
     def empty(self) -> bool:
-        return not (self.datasets or self.methods or self.genes or self.since or self.splits)
+        return not (self.datasets or self.methods or self.genes or self.since or self.splits or self.encoders)
 
     def describe(self) -> str:
         parts = [f"datasets {','.join(self.datasets)}" if self.datasets else "",
                  f"methods {','.join(self.methods)}" if self.methods else "",
                  f"G {','.join(map(str, self.genes))}" if self.genes else "",
                  f"split {','.join(self.splits)}" if self.splits else "",
+                 f"encoder {','.join(self.encoders)}" if self.encoders else "",
                  f"finished since {self.since.isoformat()}" if self.since else ""]
         return "; ".join(p for p in parts if p)
 
     def keep(self, dataset: str, dataset_spec: str, method: str, n_genes: int, finished: str | None,
-             split: str | None = None) -> bool:
+             split: str | None = None, encoder: str | None = None) -> bool:
         """One cell's identity -> whether the report shows it (finished None: a planned cell; split
-        None: not known, as for a planned cell of a `--split default` grid)."""
+        or encoder None: not known, as for a planned cell of a `--split default` grid)."""
         if self.datasets and dataset not in self.datasets and dataset_spec not in self.datasets:
             return False
         if self.methods and method not in self.methods:
@@ -49,6 +51,8 @@ class Filter:
         if self.genes and int(n_genes) not in self.genes:
             return False
         if self.splits and split is not None and split not in self.splits:
+            return False
+        if self.encoders and encoder is not None and encoder not in self.encoders:
             return False
         if self.since is not None and finished is not None:
             t = parse_time(finished, "record finish time")
@@ -69,7 +73,7 @@ def parse_time(text: str, what: str) -> datetime | None:
 
 def make_filter(datasets: Sequence[str] | None = None, methods: Sequence[str] | None = None,
                 genes: Sequence[str | int] | None = None, since: str | None = None,
-                splits: Sequence[str] | None = None) -> Filter:
+                splits: Sequence[str] | None = None, encoders: Sequence[str] | None = None) -> Filter:
     """The command-line values -> a Filter; a G that is not a positive integer is a user error."""
     gs = []
     for g in genes or ():
@@ -81,14 +85,15 @@ def make_filter(datasets: Sequence[str] | None = None, methods: Sequence[str] | 
             raise UserError(f"--genes {g}: not a panel size; give positive integers, e.g. --genes 20,50")
         gs.append(v)
     return Filter(tuple(datasets or ()), tuple(methods or ()), tuple(gs),
-                  parse_time(since, "--since") if since else None, tuple(splits or ()))
+                  parse_time(since, "--since") if since else None, tuple(splits or ()),
+                  tuple(encoders or ()))
 
 
 def check_matches(flt: Filter, frame, failed) -> None:
     """Every filter value must match some finished or failed cell: a typo is not an empty report."""
     for values, cols, flag in ((flt.datasets, ("dataset", "dataset_spec"), "--datasets"),
                                (flt.methods, ("method",), "--methods"), (flt.genes, ("n_genes",), "--genes"),
-                               (flt.splits, ("split",), "--split")):
+                               (flt.splits, ("split",), "--split"), (flt.encoders, ("encoder",), "--encoder")):
         have = set()
         for c in cols:
             for df in (frame, failed):

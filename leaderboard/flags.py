@@ -27,6 +27,10 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if len(splits) > 1:
         flags.append(f"folds of {len(splits)} split kinds ({', '.join(splits)}) pooled in one mean: "
                      f"report each with --split {splits[0]}")
+    encoders = sorted({str(x) for x in g["encoder"]}) if "encoder" in g.columns else []
+    if len(encoders) > 1:
+        flags.append(f"cells of {len(encoders)} image encoders ({', '.join(encoders)}) pooled in one row per "
+                     f"method configuration: report each with --encoder {encoders[0]}")
     from flag_bench.leaderboard.stats import oracle_methods
 
     oracles = oracle_methods(sorted(set(g["method"])))

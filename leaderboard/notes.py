@@ -87,10 +87,12 @@ def gather(results, results_dir: str | Path, *, suite: str | None = None, tracki
         for cell in plan.get("cells", []):
             if cell.get("cell_id") and cell["cell_id"] not in done:
                 # a filtered report names only the planned cells it would show; --since asks when it was planned
-                split = (plan.get("grid_spec") or {}).get("split")
+                spec = plan.get("grid_spec") or {}
+                split = spec.get("split")
                 if flt is None or flt.keep(str(cell.get("dataset", "")), str(cell.get("dataset", "")),
                                            str(cell.get("method", "")), int(cell.get("n_genes", 0)),
-                                           str(plan.get("created", "")), None if split == "default" else split):
+                                           str(plan.get("created", "")), None if split == "default" else split,
+                                           spec.get("encoder")):
                     owner[cell["cell_id"]] = (cell, plan)
     store = ResultsStore(results_dir)
     busy = {cid for cid in owner if cid not in bad and store.busy(cid)}

@@ -90,10 +90,10 @@ class Results:
         if flt is not None and not flt.empty:
             fin = loaded.finished
             rows = [r for r in rows if flt.keep(r["dataset"], r["dataset_spec"], r["method"], r["n_genes"],
-                                                fin.get(r["cell_id"], ""), r.get("split"))]
+                                                fin.get(r["cell_id"], ""), r.get("split"), r.get("encoder"))]
             failures = [f for f in failures if flt.keep(f.row.get("dataset", ""), f.row.get("dataset_spec", ""),
                                                         f.row.get("method", ""), f.row.get("n_genes", 0), f.finished,
-                                                        f.row.get("split"))]
+                                                        f.row.get("split"), f.row.get("encoder"))]
         self._failures = failures
         self._frame = results_frame(rows)
         self._panels: dict[str, dict] = {}

@@ -61,6 +61,8 @@ def test_split_keeps_that_split_kind_and_planned_cells_of_unknown_split(rd):
     assert flt.keep("d", "d", "m", 20, "", "patient") and not flt.keep("d", "d", "m", 20, "", "slide")
     assert flt.keep("d", "d", "m", 20, None, None)  # a planned cell of a --split default grid
     assert flt.describe() == "split patient"
+    assert len(_csv(rd, "--encoder", "color-stats")) == 6
+    assert not make_filter(encoders=["uni"]).keep("d", "d", "m", 20, "", "slide", "color-stats")
 
 
 def test_a_board_pooling_two_split_kinds_says_so():
@@ -74,6 +76,9 @@ def test_a_board_pooling_two_split_kinds_says_so():
     assert dataset_flags(res, g) == ("folds of 2 split kinds (patient, slide) pooled in one mean: "
                                      "report each with --split patient",)
     assert dataset_flags(res, g.iloc[:1]) == ()
+    g = g.assign(split="slide", encoder=["color-stats", "uni"])
+    assert dataset_flags(res, g) == ("cells of 2 image encoders (color-stats, uni) pooled in one row per method "
+                                     "configuration: report each with --encoder color-stats",)
 
 
 def test_datasets_by_name_or_spec(rd):
@@ -125,6 +130,7 @@ def test_figures_filtered(rd, tmp_path):
     (["--genes", "30"], ["--genes 30", "20, 50"]),
     (["--genes", "x"], ["--genes x"]),
     (["--split", "patient"], ["--split patient", "slide"]),
+    (["--encoder", "uni"], ["--encoder uni", "color-stats"]),
     (["--since", "yesterday"], ["--since", "ISO"]),
     (["--suite", "other"], ["suite other"]),
 ])

@@ -31,6 +31,7 @@ def report(
     methods: Optional[str] = typer.Option(None, "--methods", help="Only these methods, comma-separated."),
     genes: Optional[str] = typer.Option(None, "--genes", help="Only these panel sizes G, comma-separated."),
     split: Optional[str] = typer.Option(None, "--split", help="Only cells of these split kinds (slide, patient, hest, file), comma-separated: a board otherwise pools the folds of every split it holds."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Only cells of these image encoders, comma-separated: a row otherwise pools a configuration's cells of every encoder."),
     since: Optional[str] = typer.Option(None, "--since", help="Only cells finished at or after this ISO date or time (UTC unless a zone is given), e.g. 2026-11-26 or 2026-11-26T03:00."),
     genes_to_plot: Optional[str] = typer.Option(None, "--genes-to-plot", help="html/png/svg: also map these genes (comma-separated symbols) in every mapped cell whose panel has them."),
     map_cells: Optional[str] = typer.Option(None, "--map-cells", help="html/png/svg: map these cells (ids or id prefixes, comma-separated) instead of each configuration's best-PCC cell at the largest G."),
@@ -48,7 +49,8 @@ def report(
         if figures and output is None:
             raise UserError(f"--format {fmt}: give --output {'FILE.html' if fmt is ReportFormat.HTML else 'DIR'}")
         flt = make_filter(csv_list(datasets, what="--datasets"), csv_list(methods, what="--methods"),
-                          csv_list(genes, what="--genes"), since, csv_list(split, what="--split"))
+                          csv_list(genes, what="--genes"), since, csv_list(split, what="--split"),
+                          csv_list(encoder, what="--encoder"))
         res = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
         if not flt.empty:
             res = res.where(flt)
