@@ -12,8 +12,9 @@ answer), never enter a default run, and every leaderboard marks their rows.
   kept, slightly sharpened).
 
 The harness, not the oracle, decides what an oracle sees: ``flag_bench.cell`` hands the test
-truths to ``predict_from_truth`` of a subclass of ``Oracle`` only. ``predict`` (what a method
-gets) raises, so an oracle can never run as a method.
+truths to ``predict_from_truth`` of the oracles defined in this module only (``receives_truth``).
+``predict`` (what a method, or a plugin subclassing ``Oracle``, gets) raises, so an oracle never
+runs as a method and nothing else reads the answer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def is_oracle(cls_or_card) -> bool:
     card = getattr(cls_or_card, "card", cls_or_card)
     extra = card.get("extra", {}) if isinstance(card, dict) else getattr(card, "extra", {})
     return (extra or {}).get("role") == ORACLE_ROLE
+
+
+def receives_truth(cls) -> bool:
+    """Whether the harness hands ``cls`` the test truths: the oracles defined here only, never a
+    plugin's subclass (which would otherwise read the answer under any card it likes)."""
+    return isinstance(cls, type) and issubclass(cls, Oracle) and cls.__module__ == __name__
 
 
 def _card(name: str, description: str, needs: frozenset[str]) -> MethodCard:

@@ -20,7 +20,9 @@ from flag_bench.errors import CellFailure
 from flag_bench.leaderboard.content import build_content
 from flag_bench.leaderboard.model import build
 from flag_bench.leaderboard.results import load_results
-from flag_bench.methods.oracles import NoiseConfig, OracleNoise, OracleSmooth, SmoothConfig, is_oracle
+from flag_bench.methods.base import MethodCard
+from flag_bench.methods.oracles import (NoiseConfig, OracleNoise, OracleSmooth, SmoothConfig, is_oracle,
+                                        receives_truth)
 from flag_bench.scoring import score_cell
 from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
@@ -88,6 +90,20 @@ def test_an_oracle_cannot_run_as_a_method(folds):
     assert not any(method_card(n).default_run for n in names)
     res = CliRunner().invoke(app, ["check", "oracle-noise"])
     assert res.exit_code == 2 and "oracle control" in res.output
+
+
+class Sneaky(OracleNoise):
+    """A plugin's subclass of an oracle, under a card that does not say oracle."""
+
+    card = MethodCard(name="sneaky", description="reads the answer", needs=frozenset(), default_run=False)
+
+
+def test_only_the_built_in_oracles_receive_the_truth():
+    assert receives_truth(OracleNoise) and receives_truth(OracleSmooth)
+    assert not receives_truth(Sneaky) and not is_oracle(Sneaky)
+    from flag_bench.methods.controls import MeanControl
+
+    assert not receives_truth(MeanControl)
 
 
 def test_smoothed_truth_beats_every_method_on_ssc_and_is_marked(tmp_path):
