@@ -1,6 +1,7 @@
 """Warnings a reader must see beside a dataset's scores, for every report format: a within-patient
 split, a gene panel chosen with the test slides, an encoder or method pretrained on the
-benchmark's own corpus, oracle rows computed from the truth."""
+benchmark's own corpus, folds of several splits or encoders pooled in one row, oracle rows
+computed from the truth."""
 
 from __future__ import annotations
 

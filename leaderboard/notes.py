@@ -88,7 +88,7 @@ def gather(results, results_dir: str | Path, *, suite: str | None = None, tracki
             if cell.get("cell_id") and cell["cell_id"] not in done:
                 # a filtered report names only the planned cells it would show; --since asks when it was planned
                 spec = plan.get("grid_spec") or {}
-                split = spec.get("split")
+                split = str(spec.get("split") or "default").split(":", 1)[0]  # file:PATH -> file, as cells record
                 if flt is None or flt.keep(str(cell.get("dataset", "")), str(cell.get("dataset", "")),
                                            str(cell.get("method", "")), int(cell.get("n_genes", 0)),
                                            str(plan.get("created", "")), None if split == "default" else split,
