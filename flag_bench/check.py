@@ -140,7 +140,7 @@ def run_checks(name: str, cls=None, on_result: Callable[[CheckResult], None] | N
     """Every contract check on method ``name`` (``cls`` defaults to the registered class)."""
     from flag_bench.check_rules import Contract
 
-    contract = Contract(name, _not_an_oracle(name, cls if cls is not None else resolve(name)))
+    contract = Contract(name, resolve(name) if cls is None else _not_an_oracle(name, cls))
     results = []
     with registered_dataset(contract.holder):
         for title, fn in contract.checks():

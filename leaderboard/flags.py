@@ -24,14 +24,12 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if overlap:
         flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
                      "with this dataset")
-    splits = sorted({str(x) for x in g["split"]}) if "split" in g.columns else []
-    if len(splits) > 1:
-        flags.append(f"folds of {len(splits)} split kinds ({', '.join(splits)}) pooled in one mean: "
-                     f"report each with --split {splits[0]}")
-    encoders = sorted({str(x) for x in g["encoder"]}) if "encoder" in g.columns else []
-    if len(encoders) > 1:
-        flags.append(f"cells of {len(encoders)} image encoders ({', '.join(encoders)}) pooled in one row per "
-                     f"method configuration: report each with --encoder {encoders[0]}")
+    for column, what, where in (("split", "folds of {n} split kinds", "one mean"),
+                                ("encoder", "cells of {n} image encoders", "one row per method configuration")):
+        kinds = sorted({str(x) for x in g[column]}) if column in g.columns else []
+        if len(kinds) > 1:
+            flags.append(f"{what.format(n=len(kinds))} ({', '.join(kinds)}) pooled in {where}: "
+                         f"report each with --{column} {kinds[0]}")
     from flag_bench.leaderboard.stats import oracle_methods
 
     oracles = oracle_methods(sorted(set(g["method"])))
