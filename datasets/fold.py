@@ -67,6 +67,9 @@ class FoldViews:
     truths: tuple[np.ndarray, ...]  # (n_spots, G) float32 targets, read-only
     annotations: tuple[np.ndarray | None, ...]  # the test slides' meta['annotations']
     panel: GenePanel
+    # the test slides' raw panel counts (n_spots, G) and spot totals (n_spots,): the noise ceilings
+    truth_counts: tuple[np.ndarray, ...] = ()
+    truth_libraries: tuple[np.ndarray, ...] = ()
 
 
 def _test_informed(selector: PanelSelector, ds: SpatialDataset) -> bool:
@@ -145,6 +148,8 @@ class FoldBuilder:
             truths=tuple(self._slide_expression(panel, s, how)[1] for s in fold.test),
             annotations=tuple(self.ds.slide(s).meta.get("annotations") for s in fold.test),
             panel=panel,
+            truth_counts=tuple(self._slide_expression(panel, s, how)[0] for s in fold.test),
+            truth_libraries=tuple(self._library_of(self.ds.slide(s)) for s in fold.test),
         )
 
     def _slide_expression(self, panel: GenePanel, sid: str, how: TargetTransform) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,9 @@ METHODS: Registry = Registry(
         "mean": "flag_bench.methods.controls:MeanControl",
         "ridge": "flag_bench.methods.controls:RidgeControl",
         "knn": "flag_bench.methods.controls:KNNControl",
+        # image-free nulls (methods/roles.py): ordinary methods, shown beside the controls, never ranked
+        "random-spot": "flag_bench.methods.nulls:RandomSpot",
+        "gene-prior": "flag_bench.methods.nulls:GenePrior",
         "flag": "flag_bench.methods.flag.method:Flag",
         "flag-paper": "flag_bench.methods.flag.variants:FlagPaper",
         "flag-joint": "flag_bench.methods.flag.variants:FlagJoint",
@@ -26,6 +29,10 @@ METHODS: Registry = Registry(
         # oracles: computed from the test truth by the harness, marked on every leaderboard
         "oracle-noise": "flag_bench.methods.oracles:OracleNoise",
         "oracle-smooth": "flag_bench.methods.oracles:OracleSmooth",
+        "oracle-slide-mean": "flag_bench.methods.oracles:OracleSlideMean",
+        # nulls computed from the test truth by the harness (shuffled, rotated): shown, never ranked
+        "null-shuffle": "flag_bench.methods.oracles:NullShuffle",
+        "null-rotate": "flag_bench.methods.oracles:NullRotate",
     },
 )
 
@@ -106,6 +113,9 @@ METRICS: Registry = Registry(
         "gsc": "flag_bench.metrics.structure:GSC",
         "ssc": "flag_bench.metrics.structure:SSC",
         "rvd": "flag_bench.metrics.structure:RVD",
+        "gsc_cpm": "flag_bench.metrics.structure:GSC_CPM",
+        "ssc_spot": "flag_bench.metrics.location:SSC_SPOT",
+        "lee_l": "flag_bench.metrics.location:LEE_L",
         "domains": "flag_bench.metrics.domains:DOMAINS",
     },
 )

@@ -133,7 +133,9 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
     stage[0] = "score"
     t3 = time.perf_counter()
     preds = check_predictions(cell.method, preds, views.test)
-    scores, per_slide, per_gene, notes = score_cell(preds, views.truths, views.test, cell.seed, views.annotations)
+    scores, per_slide, per_gene, notes = score_cell(preds, views.truths, views.test, cell.seed, views.annotations,
+                                                    counts=views.truth_counts, libraries=views.truth_libraries,
+                                                    target_transform=views.test.target_transform)
     costs["score_seconds"] = time.perf_counter() - t3
     costs["data_seconds"] = t_data
     stage[0] = "artifacts"

@@ -128,11 +128,13 @@ def resolve(name: str):
 
 
 def _not_an_oracle(name: str, cls):
-    from flag_bench.methods.oracles import is_oracle
+    from flag_bench.methods.oracles import is_oracle, receives_truth
 
-    if is_oracle(cls):
-        raise UserError(f"{name} is an oracle control: the harness computes it from the test truth, so the "
-                        "method contract (no test expression) does not apply; tests/test_oracles.py checks it")
+    if is_oracle(cls) or receives_truth(cls):
+        what = "an oracle control" if is_oracle(cls) else "a null control built from the test truth"
+        raise UserError(f"{name} is {what}: the harness computes it from the test truth, so the "
+                        "method contract (no test expression) does not apply; tests/test_oracles.py and "
+                        "tests/test_nulls.py check it")
     return cls
 
 

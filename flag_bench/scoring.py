@@ -1,8 +1,11 @@
 """Scoring a cell: check what the method returned, then every registered metric per test slide,
-mean over the slides, plus the pooled metrics over all test spots of the cell."""
+mean over the slides, plus the pooled metrics over all test spots of the cell, plus each test
+slide's noise ceilings (``metrics.ceilings``, from the slide's raw counts: the same for every
+method of the fold, so they are computed once per slide and panel in a process)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,25 +48,57 @@ def _slide_scores(metrics, y, p, ctx, notes: dict) -> tuple[dict[str, float], di
 
 
 def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, seed: int,
-               annotations: Sequence[np.ndarray | None]):
-    """-> (cell scores, per-slide scores, per-slide per-gene vectors, notes)."""
+               annotations: Sequence[np.ndarray | None], *, counts: Sequence[np.ndarray] | None = None,
+               libraries: Sequence[np.ndarray] | None = None, target_transform: str = "log1p"):
+    """-> (cell scores, per-slide scores, per-slide per-gene vectors, notes).
+
+    ``counts``/``libraries`` (the test slides' raw panel counts (N, G) and spot totals (N,)) add
+    the noise ceilings ``ceiling.<score>`` per slide and, averaged, per cell."""
     from flag_bench.metrics.base import SlideContext
 
     metrics = METRICS.load_all()
     per_slide: dict[str, dict[str, float]] = {}
     per_gene: dict[str, dict[str, np.ndarray]] = {}
     notes: dict[str, Any] = {}
-    for p, y, s, ann in zip(preds, truths, test.slides, annotations):
-        ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann)
+    for i, (p, y, s, ann) in enumerate(zip(preds, truths, test.slides, annotations)):
+        ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann,
+                           target_transform=target_transform)
         per_slide[s.slide_id], per_gene[s.slide_id] = _slide_scores(metrics, y, p, ctx, notes)
+        if counts is not None and libraries is not None:
+            ceil, why = _ceilings(counts[i], libraries[i], target_transform, ctx, metrics)
+            per_slide[s.slide_id].update(ceil)
+            notes.update({f"{s.slide_id}.ceiling.{k}": v for k, v in why.items()})
     cell: dict[str, float] = {}
     for k in sorted({k for v in per_slide.values() for k in v}):
         arr = np.array([per_slide[s].get(k, np.nan) for s in per_slide], dtype=np.float64)
         cell[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
     yp = np.concatenate([p.astype(np.float64) for p in preds])
     yt = np.concatenate([y.astype(np.float64) for y in truths])
-    pooled_ctx = SlideContext("pooled", None, test.genes, seed, None)
+    pooled_ctx = SlideContext("pooled", None, test.genes, seed, None, target_transform=target_transform)
     for m in metrics.values():
         if m.scope == "pooled":
             cell.update(m.compute(yt, yp, pooled_ctx).values)
     return cell, per_slide, per_gene, notes
+
+
+# (slide, genes, transform, metrics, content of the counts) -> (ceilings, notes): every method of a
+# fold shares its slides' ceilings, so a worker computes them once
+_CEILINGS: dict[tuple, tuple[dict[str, float], dict[str, Any]]] = {}
+_CEILINGS_MAX = 4096
+
+
+def _ceilings(counts, library, target_transform: str, ctx, metrics):
+    from flag_bench.datasets.fold import transform_counts
+    from flag_bench.metrics.ceilings import slide_ceilings
+
+    c = np.ascontiguousarray(counts)
+    digest = hashlib.blake2b(c.tobytes(), digest_size=16)
+    digest.update(str(c.shape).encode())
+    digest.update(np.ascontiguousarray(library, dtype=np.float64).tobytes())
+    key = (ctx.slide_id, tuple(ctx.genes), target_transform, tuple(sorted(metrics)), digest.hexdigest())
+    if key not in _CEILINGS:
+        if len(_CEILINGS) >= _CEILINGS_MAX:
+            _CEILINGS.clear()
+        _CEILINGS[key] = slide_ceilings(c, library, lambda x, lib: transform_counts(x, lib, target_transform),
+                                        ctx, metrics)
+    return _CEILINGS[key]

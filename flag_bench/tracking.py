@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from flag_bench import PROTOCOL_VERSION
 from flag_bench.errors import UserError, one_line
 from flag_bench.methods.oracles import is_oracle
+from flag_bench.methods.roles import role_of
 from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, jsonable
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -283,6 +284,9 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_id
         if is_oracle(rec.method.card):  # computed from the truth: say so where the UI lists runs
             tags["flag_bench.oracle"] = "true"
+        role = role_of(rec.method.card)
+        if role:  # a reference row (oracle or null control): never ranked as a method
+            tags["flag_bench.role"] = str(role)
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         enc = encode(rec)
         self._log(run_id, enc.metrics, enc.params, enc.tags, step=int(c.n_genes))

@@ -23,7 +23,10 @@ from flag_bench.leaderboard.flags import dataset_flags
 from flag_bench.leaderboard import stats as S
 from flag_bench.leaderboard.model import Leaderboard, config_labels, metric_direction, short_name
 
-CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "moran_abs_err")
+CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "moran_abs_err")
+# structure scores: a constant prediction (the mean control) scores 0 on them only by convention,
+# so they are not scaled between mean and the positive controls; their calibrated columns are the scale
+NOT_CONTROL_SCALED = frozenset({"gsc", "gsc_cpm", "ssc", "ssc_spot", "lee_l", "moran_abs_err"})
 TOP_BOTTOM = 2  # genes shown from each end of a mapped cell's per-gene PCC ranking
 THUMB_PX = 384
 CARD_KEYS = (("split", "split_description"), ("panel selector", "panel_selector"),
@@ -80,12 +83,12 @@ def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Seq
     c = Content(lb, labels, filter_text=res.filter.describe() if getattr(res, "filter", None) else "")
     c.cards = cards(res, frame)
     c.coverage = coverage(frame, res.failed(), labels)
-    # oracles read the truth: shown on every board, never ranked against methods
-    ranked = frame[~frame["method"].isin(S.oracle_methods(sorted(set(frame["method"]))))]
+    # oracles and null controls: shown on every board, never ranked against methods
+    ranked = frame[~frame["method"].isin(S.reference_methods(sorted(set(frame["method"]))))]
     for m in metrics:
         c.tests.append(S.metric_tests(ranked, m, direction.get(m) is not False, labels))
     roles = S.control_roles(sorted(set(frame["method"])))
-    c.scaled = S.scaled_scores(frame, metrics, direction, labels, roles)
+    c.scaled = S.scaled_scores(frame, [m for m in metrics if m not in NOT_CONTROL_SCALED], direction, labels, roles)
     _curve_figures(c, frame, metrics, direction, colors, kind)
     _stat_figures(c, colors, kind)
     _map_figures(c, res, frame, colors, kind, genes_to_plot, map_cells)
@@ -122,9 +125,35 @@ def coverage(frame, failed, labels) -> list[Coverage]:
 
 
 # -- curves and statistics ----------------------------------------------------------------------
-def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
+def _bands(d, metric: str) -> dict:
+    """The null and the ceiling of ``metric`` per G as 95% bootstrap bands over the folds."""
+    from flag_bench.leaderboard.calibration import FOLD, null_name
+    from flag_bench.metrics.ceilings import ceiling_name
     from flag_bench.metrics.stats import bootstrap_ci
 
+    keys = [k for k in FOLD if k in d.columns]
+    out = {}
+    for what, col in (("null", null_name(metric)), ("ceiling", ceiling_name(metric))):
+        if col not in d.columns:
+            continue
+        gs, low, high = [], [], []
+        for g, x in d.groupby("n_genes", sort=True):
+            v = x.groupby(keys, sort=False)[col].mean().to_numpy(float)
+            v = v[np.isfinite(v)]
+            if v.size:
+                lo, hi = bootstrap_ci(v, level=0.95, seed=0) if v.size > 1 else (v[0], v[0])
+                lo, hi = (float(v.mean()), float(v.mean())) if not np.isfinite(lo) else (lo, hi)
+                gs.append(int(g)), low.append(lo), high.append(hi)
+        if gs:
+            out[what] = {"G": gs, "low": low, "high": high}
+    return out
+
+
+def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
+    from flag_bench.leaderboard.calibration import add_calibration
+    from flag_bench.metrics.stats import bootstrap_ci
+
+    frame = add_calibration(frame)
     for ds, d in frame.groupby("dataset", sort=True):
         if d["n_genes"].nunique() < 2:
             c.map_notes.append(f"{ds}: one G only ({int(d['n_genes'].iloc[0])}), so no Gene-Dimension-Curse curve")
@@ -144,11 +173,13 @@ def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
                 lines[c.labels[(method, ch)]] = {"G": gs, "mean": mean, "low": low, "high": high,
                                                  "points_G": sub["n_genes"].to_numpy(float),
                                                  "points": sub[m].to_numpy(float)}
-            panels.append({"metric": short_name(m), "lower_better": direction.get(m) is False, "lines": lines})
+            panels.append({"metric": short_name(m), "lower_better": direction.get(m) is False, "lines": lines,
+                           "bands": _bands(d, m)})
         fig = F.gdc_curves(panels, colors, f"{ds}: metrics vs G (mean, 95% bootstrap CI band, one point per fold x seed)")
         _add(c, fig, f"curves-{slug(ds)}", "curves", f"{ds}: Gene-Dimension-Curse curves",
              "Each metric against the panel size G on a log axis; lines are means over folds and seeds, bands "
-             "the 95% bootstrap CI of the mean, points single cells.", kind)
+             "the 95% bootstrap CI of the mean, points single cells. Grey band: the null (best image-free control "
+             "of each fold); green band: the split-half noise ceiling (both 95% bootstrap CIs over folds).", kind)
 
 
 def _stat_figures(c: Content, colors, kind) -> None:

@@ -49,7 +49,8 @@ def gdc_curves(panels: Sequence[dict], colors: Mapping[str, tuple], title: str):
     a band and every fold x seed value as a point.
 
     panels: [{"metric": header, "lower_better": bool, "lines": {label: {"G": (m,), "mean": (m,),
-    "low": (m,), "high": (m,), "points_G": (n,), "points": (n,)}}}]
+    "low": (m,), "high": (m,), "points_G": (n,), "points": (n,)}}, optional "bands": {"null" | "ceiling":
+    {"G": (m,), "low": (m,), "high": (m,)}}}]: the null and the noise ceiling as grey and green bands.
     """
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
@@ -57,6 +58,14 @@ def gdc_curves(panels: Sequence[dict], colors: Mapping[str, tuple], title: str):
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     for ax, p in zip(axes, panels):
         genes = sorted({int(g) for line in p["lines"].values() for g in line["G"]})
+        for what, color in (("null", "#8a8a8a"), ("ceiling", "#2e7d32")):
+            band = (p.get("bands") or {}).get(what)
+            if band and len(band["G"]):
+                bg = np.asarray(band["G"], float)
+                ax.fill_between(bg, band["low"], band["high"], color=color, alpha=0.22, lw=0, step=None,
+                                label=f"{what} ({'best image-free control' if what == 'null' else 'split-half'})")
+                ax.plot(bg, (np.asarray(band["low"], float) + np.asarray(band["high"], float)) / 2, "--",
+                        color=color, lw=1)
         for label, line in sorted(p["lines"].items()):
             c = colors[label]
             g = np.asarray(line["G"], dtype=float)
@@ -76,7 +85,8 @@ def gdc_curves(panels: Sequence[dict], colors: Mapping[str, tuple], title: str):
         means = np.array([v for line in p["lines"].values() for v in line["mean"]], dtype=float)
         means = means[np.isfinite(means)]
         # one diverging method (an MSE of thousands) would flatten every other line onto the axis
-        logy = means.size and (means > 0).all() and means.max() / means.min() > 50
+        # (errors only: a correlation near 0 would make a log axis of noise)
+        logy = p["lower_better"] and means.size and (means > 0).all() and means.max() / means.min() > 50
         if logy:
             ax.set_yscale("log")
         ax.set_ylabel(p["metric"] + (" (lower is better)" if p["lower_better"] else "") + (", log" if logy else ""))

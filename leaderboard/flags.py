@@ -30,12 +30,17 @@ def dataset_flags(res, g) -> tuple[str, ...]:
         if len(kinds) > 1:
             flags.append(f"{what.format(n=len(kinds))} ({', '.join(kinds)}) pooled in {where}: "
                          f"report each with --{column} {kinds[0]}")
-    from flag_bench.leaderboard.stats import oracle_methods
+    from flag_bench.leaderboard.stats import oracle_methods, reference_methods
 
-    oracles = oracle_methods(sorted(set(g["method"])))
+    present = sorted(set(g["method"]))
+    oracles = oracle_methods(present)
     if oracles:
         flags.append(f"oracle rows ({', '.join(oracles)}) are computed from the test truth: references that "
                      "check the metrics, not methods; left out of the rank tests")
+    nulls = [m for m in reference_methods(present) if m not in oracles]
+    if nulls:
+        flags.append(f"null control rows ({', '.join(nulls)}) ignore the image or misplace expression: they show what "
+                     "a metric gives a prediction that is wrong by construction; never ranked")
     return tuple(flags)
 
 

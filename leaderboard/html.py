@@ -16,7 +16,9 @@ from typing import Sequence
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.content import Content, fmt_p, slug
 from flag_bench.leaderboard.figures import data_uri
-from flag_bench.leaderboard.model import LEGEND, TINY_WARNING, Row
+from flag_bench.leaderboard.calibration import cal_name
+from flag_bench.leaderboard.model import CAL_LEGEND, LEGEND, ROLE_MARK, TINY_WARNING, Row, role_label, short_name
+from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import MIN_PAIRS, WILCOXON_NOTE
 from flag_bench.leaderboard.terminal import direction_text
@@ -112,18 +114,52 @@ def leaderboard_section(c: Content) -> list[str]:
             out.append(f'<div class="wide"><table class="sortable board" data-dataset="{esc(board.dataset)}" '
                        f'data-genes="{g}"><thead><tr>{"".join(head)}</tr></thead><tbody>')
             for r in rows:
-                cells = [f'<td class="l" data-v="">{esc(r.label)}{" †" if r.tiny else ""}</td>',
+                cells = [f'<td class="l" data-v="">{esc(role_label(r))}{" †" if r.tiny else ""}</td>',
                          f'<td data-v="{r.cells}">{r.cells}</td>', *(_stat_cell(lb, r, col) for col in lb.shown)]
                 out.append(f'<tr class="{"tiny" if r.tiny else ""}">{"".join(cells)}</tr>')
             out.append("</tbody></table></div>")
+            out += _calibration_table(lb, board, g, rows)
         if any(r.tiny for r in board.rows):
             out.append(f'<p class="warn">† {esc(TINY_WARNING)}</p>')
+        cls = "warn" if board.verdicts else "muted"
+        out.append(f'<p class="{cls} validity" data-dataset="{esc(board.dataset)}">'
+                   f'{esc(summary_line(board.verdicts, short_name))}</p>')
     out.append("<h3>Columns</h3><ul class=\"muted\">")
     for col in lb.shown:
         info = lb.info[col]
         out.append(f"<li><b>{esc(lb.header(col))}</b> (<code>{esc(col)}</code>, {esc(direction_text(info))}): "
                    f"{esc(info.description)}</li>")
+    for info in lb.hidden:
+        out.append(f"<li>({esc(info.header)}) (<code>{esc(info.name)}</code>, not shown): {esc(info.description)}</li>")
+    if lb.calibrated:
+        out.append(f"<li><b>&lt;score&gt; cal</b>: {esc(CAL_LEGEND)}</li>")
+    if any(r.role for b in lb.datasets for r in b.rows):
+        out.append(f"<li><b>{esc(ROLE_MARK['null'])}</b>: a null control (ignores the image or misplaces expression); "
+                   f"<b>{esc(ROLE_MARK['oracle'])}</b>: computed from the test truth. Reference rows, below the "
+                   "methods, never ranked</li>")
     out.append("</ul>")
+    return out
+
+
+def _calibration_table(lb, board, g: int, rows) -> list[str]:
+    if not lb.calibrated:
+        return []
+    head = ['<th class="l" data-col="method">method</th>', '<th data-col="cells">cells</th>']
+    head += [f'<th data-col="{esc(cal_name(m))}">{esc(short_name(cal_name(m)))} ↑</th>' for m in lb.calibrated]
+    out = [f'<p class="muted">{esc(board.dataset)}, G = {g}: calibrated scores (0 = best image-free null of the '
+           'fold, 1 = noise ceiling)</p>',
+           f'<div class="wide"><table class="sortable calibrated" data-dataset="{esc(board.dataset)}" '
+           f'data-genes="{g}"><thead><tr>{"".join(head)}</tr></thead><tbody>']
+    for r in rows:
+        cells = [f'<td class="l" data-v="">{esc(role_label(r))}</td>', f'<td data-v="{r.cells}">{r.cells}</td>',
+                 *(_stat_cell(lb, r, cal_name(m)) for m in lb.calibrated)]
+        out.append(f"<tr>{''.join(cells)}</tr>")
+    out.append("</tbody><tfoot>")
+    for what, attr in (("null (raw, best image-free control)", "null"), ("ceiling (raw, split-half)", "ceiling")):
+        vals = [getattr(board.bounds[(g, m)], attr) if (g, m) in board.bounds else math.nan for m in lb.calibrated]
+        tds = "".join(f'<td class="{attr}">{fmt.num(v)}</td>' for v in vals)
+        out.append(f'<tr><td class="l">{esc(what)}</td><td></td>{tds}</tr>')
+    out.append("</tfoot></table></div>")
     return out
 
 
@@ -196,7 +232,9 @@ def scaled_section(c: Content) -> list[str]:
            '(<code>mean</code>) maps to 0 and the best positive control present (<code>ridge</code>, '
            '<code>ridge-smooth</code>, <code>knn</code>, or a card with role positive_control) to 1; for '
            "lower-is-better metrics the same scale makes better higher. Means over folds and seeds are scaled; "
-           "raw values are in the leaderboard.</p>"]
+           "raw values are in the leaderboard. GSC, SSC, SSC spot and Lee L are not scaled here: the mean "
+           "control scores 0 on them only by convention; their calibrated tables (0 = the best image-free "
+           "null control of each fold, 1 = the noise ceiling) sit under each leaderboard table.</p>"]
     by: dict[tuple, list] = {}
     for s in c.scaled:
         by.setdefault((s.dataset, s.n_genes), []).append(s)

@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from flag_bench.errors import UserError
+from flag_bench.leaderboard.calibration import (CALIBRATED, Bound, add_calibration, bounds, cal_name,
+                                                calibrated_scores)
 from flag_bench.leaderboard.notes import Notes
+from flag_bench.leaderboard.validity import Verdict, board_verdicts
 from flag_bench.leaderboard.results import check_metric, curves, joined_labels
 
-DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc@32", "ari")
+# structure scores the default legend describes, shown or not (--columns shows them)
+LEGEND_ALWAYS = ("gsc_frobenius", "gsc_cpm", "ssc@32")
+# ssc@32 (top-32 genes: noise on slides of a few hundred spots) is one --columns away
+DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "ari")
 LEGEND = "one row per method configuration; mean ± std over folds and seeds [95% bootstrap CI of the mean]"
 TINY_WARNING = "tiny preset: for tests, scores are not meaningful"
 # costs are the harness's own measurements, not registered metrics: their legend lives here
@@ -47,8 +53,9 @@ class Row:
     config_label: str
     n_genes: int
     cells: int
-    stats: Mapping[str, Stat]  # every score column, and every cost column when costs are asked for
+    stats: Mapping[str, Stat]  # every score column (calibrated ones too), every cost column when asked for
     tiny: bool = False  # a cell of this row ran the tiny preset
+    role: str = ""  # "null" or "oracle": a reference row, shown below the methods and never ranked
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class DatasetBoard:
     genes: tuple[int, ...]
     curve: tuple[CurveRow, ...]  # empty when only one G was run
     flags: tuple[str, ...] = ()  # warnings beside the scores (leaderboard/flags.py)
+    bounds: Mapping[tuple[int, str], Bound] = field(default_factory=dict)  # (G, score) -> null and ceiling
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # score -> location-sensitivity verdict
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,8 @@ class Leaderboard:
     costs: tuple[str, ...] = ()  # cost columns, after the scores, when asked for
     info: Mapping[str, ColumnInfo] = field(default_factory=dict)  # every column shown
     notes: Notes = field(default_factory=Notes)
+    calibrated: tuple[str, ...] = ()  # scores with a calibrated column (Row.stats[cal_name(score)])
+    hidden: tuple[ColumnInfo, ...] = ()  # structure scores the results hold but the table does not show
 
     @property
     def shown(self) -> tuple[str, ...]:
@@ -111,7 +122,24 @@ class Leaderboard:
 def short_name(score: str) -> str:
     """The column header of a score: PCC for pcc_mean (the headline PCC), "PCC pooled" for HEST's
     pooled aggregation, else the name in capitals."""
-    return {"pcc_mean": "PCC", "pcc_pooled": "PCC pooled", "moran_abs_err": "Moran |ΔI|"}.get(score, score.upper())
+    if score.endswith("_cal") and score[:-4] in SHORT:
+        return SHORT[score[:-4]] + " cal"
+    return SHORT.get(score, score.upper())
+
+
+SHORT = {"pcc_mean": "PCC", "pcc_pooled": "PCC pooled", "moran_abs_err": "Moran |ΔI|", "ssc_spot": "SSC spot",
+         "lee_l": "Lee L", "gsc_cpm": "GSC cpm", "gsc_frobenius": "GSC frob", "gsc_spearman": "GSC rho",
+         "gsc": "GSC", "ssc": "SSC"}
+CAL_LEGEND = ("calibrated: (score - null) / (ceiling - null) per fold; null = the best image-free null control of "
+              "the fold (random-spot, gene-prior), ceiling = the slide's split-half noise ceiling; 0 = no better "
+              "than ignoring the image, 1 = as good as the counting noise allows")
+ROLE_MARK = {"null": "[null]", "oracle": "[oracle]"}
+
+
+def role_label(r: Row, label: str | None = None) -> str:
+    """A row's label with its reference mark ("random-spot [null]")."""
+    text = r.label if label is None else label
+    return f"{text} {ROLE_MARK[r.role]}" if r.role in ROLE_MARK else text
 
 
 def metric_outputs() -> dict:
@@ -122,14 +150,18 @@ def metric_outputs() -> dict:
 
 
 def metric_direction() -> dict[str, bool | None]:
-    """Score name -> higher_is_better, from the registered metrics' outputs."""
-    return {name: o.higher_is_better for name, o in metric_outputs().items()}
+    """Score name -> higher_is_better, from the registered metrics' outputs (calibrated: higher)."""
+    out = {name: o.higher_is_better for name, o in metric_outputs().items()}
+    return {**out, **{cal_name(m): True for m in CALIBRATED if m in out}}
 
 
 def column_info(columns: Sequence[str], costs: Sequence[str] = ()) -> dict[str, ColumnInfo]:
     outputs = metric_outputs()
     info = {}
     for c in columns:
+        if c.endswith("_cal") and c[:-4] in outputs:
+            info[c] = ColumnInfo(c, short_name(c), True, CAL_LEGEND)
+            continue
         o = outputs.get(c)
         # a plugin score without a registered Output still gets a header; its legend says so
         info[c] = ColumnInfo(c, short_name(c), o.higher_is_better if o else None,
@@ -188,7 +220,7 @@ def _cost_columns(frame) -> tuple[str, ...]:
     return tuple(c for c in COSTS if c in frame.columns and frame[c].notna().any())
 
 
-def _row(g, cols: Sequence[str], label: str, key) -> Row:
+def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> Row:
     from flag_bench.metrics.stats import summarize
 
     stats = {}
@@ -197,18 +229,34 @@ def _row(g, cols: Sequence[str], label: str, key) -> Row:
         stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
     g_, method, config_hash = key
     return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
-               tiny=bool((g["preset"] == "tiny").any()))
+               tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""))
+
+
+def reference_roles(methods: Sequence[str]) -> dict[str, str]:
+    """method -> "null" | "oracle" for the reference rows among ``methods`` (registered cards only)."""
+    from flag_bench.catalog import METHODS, method_card
+    from flag_bench.methods.roles import is_reference, role_of
+
+    out = {}
+    for m in methods:
+        if m in METHODS.names():
+            card = method_card(m)
+            if is_reference(card):
+                out[m] = str(role_of(card))
+    return out
 
 
 def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
-    rows = [_row(g, cols, labels[(key[1], key[2])], key)
+    roles = reference_roles(sorted(set(frame["method"])))
+    rows = [_row(g, cols, labels[(key[1], key[2])], key, roles)
             for key, g in frame.groupby(["n_genes", "method", "config_hash"], sort=True)]
 
-    def key(r: Row):  # by G, then best first, NaN last, then label for ties
+    def key(r: Row):  # by G, methods before reference rows, then best first, NaN last, then label for ties
         m = r.stats[metric].mean
+        ref = 1 if r.role else 0
         if math.isnan(m):
-            return (r.n_genes, 1, 0.0, r.label)
-        return (r.n_genes, 0, -m if higher else m, r.label)
+            return (r.n_genes, ref, 1, 0.0, r.label)
+        return (r.n_genes, ref, 0, -m if higher else m, r.label)
 
     return tuple(sorted(rows, key=key))
 
@@ -238,6 +286,8 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None,
     """
     if frame.empty:
         raise UserError("no finished cells to report; run `flag-bench run` first")
+    calibrated = calibrated_scores(frame)
+    frame = add_calibration(frame)  # <score>_cal columns: sortable and showable like any score
     metric = resolve(frame, metric)
     check_metric(frame, metric)
     cols = _columns(frame, metric, columns)
@@ -245,11 +295,17 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None,
     direction = metric_direction()
     higher = direction.get(metric) is not False  # diagnostics and unknown plugin scores: higher first
     labels = config_labels(frame)
+    calibrated = tuple(m for m in calibrated if m in cols)  # the calibrated columns of the scores shown
+    cal_cols = tuple(cal_name(m) for m in calibrated)
     boards = []
     for ds, g in frame.groupby("dataset", sort=True):
         lines = sorted({protocol_line(p) for p in g["protocol"]} - {""})
         genes, curve = _curve(g, metric, labels)
-        rows = _rows(g, (*cols, *cost_cols), labels, metric, higher)
-        boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve, tuple((flags or {}).get(str(ds), ()))))
+        rows = _rows(g, (*cols, *cal_cols, *cost_cols), labels, metric, higher)
+        boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve,
+                                   tuple((flags or {}).get(str(ds), ())), bounds(g, calibrated),
+                                   board_verdicts(g, direction)))
+    # the default table's legend also describes the structure scores it leaves out; a --columns choice is the user's
+    hidden = () if columns else tuple(column_info([c for c in LEGEND_ALWAYS if c in frame.columns and c not in cols]).values())
     return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards), cost_cols,
-                       column_info(cols, cost_cols), notes or Notes())
+                       column_info(cols, cost_cols), notes or Notes(), calibrated, hidden)

@@ -16,7 +16,10 @@ from typing import Callable
 
 from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
-from flag_bench.leaderboard.model import LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat
+from flag_bench.leaderboard.calibration import cal_name
+from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row,
+                                          Stat, role_label, short_name)
+from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.terminal import TINY_MARK, arrow, direction_text, print_leaderboard
 from flag_bench.spec import ReportFormat
@@ -57,11 +60,12 @@ def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
     head = ["G", "method", "cells", *(lb.header(c) + " " + arrow(lb, c) for c in lb.shown)]
     out += [_md_row([h.strip() for h in head]), "|" + "---|" * len(head)]
     # the label says "(tiny)" already; a mark in it would break a reader's match on the label
-    out += [_md_row([str(r.n_genes), r.label, str(r.cells),
+    out += [_md_row([str(r.n_genes), role_label(r), str(r.cells),
                      *(_md_cell(lb, r, c) for c in lb.shown)]) for r in board.rows]
     out.append("")
     if any(r.tiny for r in board.rows):
         out += [f"**{TINY_MARK} rows labelled (tiny): {TINY_WARNING}**", ""]
+    out += _md_calibration(lb, board)
     if board.curve:
         out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric)} vs G, mean over folds and seeds "
                    "[95% bootstrap CI]\n")
@@ -72,12 +76,38 @@ def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
     return out
 
 
+def _md_calibration(lb: Leaderboard, board: DatasetBoard) -> list[str]:
+    out = []
+    if lb.calibrated:
+        out.append("Calibrated scores (0 = best image-free null of the fold, 1 = noise ceiling):\n")
+        head = ["G", "method", "cells", *(short_name(cal_name(m)) + " ↑" for m in lb.calibrated)]
+        out += [_md_row(head), "|" + "---|" * len(head)]
+        out += [_md_row([str(r.n_genes), role_label(r), str(r.cells),
+                         *(fmt.full(r.stats[cal_name(m)]) for m in lb.calibrated)]) for r in board.rows]
+        for g in board.genes:
+            for what, attr in (("null (raw, best image-free control)", "null"), ("ceiling (raw, split-half)", "ceiling")):
+                out.append(_md_row([str(g), f"*{what}*", "",
+                                    *(fmt.num(getattr(board.bounds[(g, m)], attr)) if (g, m) in board.bounds else "n/a"
+                                      for m in lb.calibrated)]))
+        out.append("")
+    out += [f"**{summary_line(board.verdicts, short_name)}**", ""]
+    return out
+
+
 def _md_legend(lb: Leaderboard) -> list[str]:
     out = [f"{LEGEND}. Columns:", "", "- **G**: panel size (genes); **cells**: finished cells (folds x seeds)"]
     for c in lb.shown:
         info = lb.info[c]
         head = f"**{lb.header(c)}** {arrow(lb, c)}".rstrip()
         out.append(f"- {head} (`{c}`, {direction_text(info)}): {info.description}")
+    for info in lb.hidden:
+        out.append(f"- ({info.header}) (`{info.name}`, not shown: `--columns {info.name}`): {info.description}")
+    if lb.calibrated:
+        out.append(f"- **<score> cal**: {CAL_LEGEND}")
+    if any(r.role for b in lb.datasets for r in b.rows):
+        out.append(f"- {ROLE_MARK['null']}: a null control (ignores the image or misplaces expression); "
+                   f"{ROLE_MARK['oracle']}: computed from the test truth. Reference rows, listed below the methods, "
+                   "never ranked")
     return out
 
 
@@ -104,18 +134,33 @@ def _csv_stat(s: Stat, integer: bool) -> list[str]:
 
 
 def _csv_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> list[str]:
-    cells = [board.dataset, str(r.n_genes), r.method, r.label, r.config_label, r.config_hash, str(r.cells)]
+    cells = [board.dataset, str(r.n_genes), r.method, r.label, r.role, r.config_label, r.config_hash, str(r.cells)]
     for c in lb.shown:
         cells += _csv_stat(r.stats[c], integer=c in fmt.INT_COSTS)
+    for m in lb.calibrated:
+        b = board.bounds.get((r.n_genes, m))
+        cells += [*_csv_stat(r.stats[cal_name(m)], False), _csv_num(b.null if b else math.nan),
+                  _csv_num(b.ceiling if b else math.nan)]
+    for m in VERDICT_COLUMNS:
+        v = board.verdicts.get(m)
+        cells.append("" if v is None or v.sensitive is None else ("yes" if v.sensitive else "no"))
     return cells
+
+
+# the location-sensitivity verdict of these scores, one CSV column each (empty: not assessed)
+VERDICT_COLUMNS = ("pcc_mean", "mse", "gsc", "gsc_cpm", "ssc", "ssc_spot", "lee_l")
 
 
 def to_csv(lb: Leaderboard, opts: RenderOptions) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    head = ["dataset", "n_genes", "method", "label", "config_label", "config_hash", "cells"]
+    head = ["dataset", "n_genes", "method", "label", "role", "config_label", "config_hash", "cells"]
     for c in lb.shown:
         head += [c, f"{c}_std", f"{c}_ci_low", f"{c}_ci_high", f"{c}_n"]
+    for m in lb.calibrated:
+        c = cal_name(m)
+        head += [c, f"{c}_std", f"{c}_ci_low", f"{c}_ci_high", f"{c}_n", f"{m}_null", f"{m}_ceiling"]
+    head += [f"{m}_location_sensitive" for m in VERDICT_COLUMNS]
     w.writerow(head)
     for board in lb.datasets:
         w.writerows(_csv_row(board, r, lb) for r in board.rows)

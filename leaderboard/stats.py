@@ -223,6 +223,15 @@ def oracle_methods(methods: Sequence[str]) -> list[str]:
     return [m for m in methods if m in METHODS.names() and is_oracle(method_card(m))]
 
 
+def reference_methods(methods: Sequence[str]) -> list[str]:
+    """The reference rows among ``methods``: oracles and null controls (methods/roles.py), which every
+    board shows and no rank test counts as methods."""
+    from flag_bench.catalog import METHODS, method_card
+    from flag_bench.methods.roles import is_reference
+
+    return [m for m in methods if m in METHODS.names() and is_reference(method_card(m))]
+
+
 def control_roles(methods: Sequence[str]) -> dict[str, str]:
     """method -> 'negative' | 'positive' for the controls among ``methods``.
 

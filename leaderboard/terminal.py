@@ -15,7 +15,9 @@ from typing import Sequence
 from rich.cells import cell_len
 
 from flag_bench.leaderboard import fmt
-from flag_bench.leaderboard.model import TINY_WARNING, DatasetBoard, Leaderboard, Row
+from flag_bench.leaderboard.calibration import cal_name
+from flag_bench.leaderboard.model import CAL_LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row, short_name
+from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
 SEP = 3  # what box.SIMPLE_HEAD without edges puts between two columns
@@ -35,7 +37,8 @@ def common_label(board: DatasetBoard) -> str:
 
 def row_label(r: Row, common: str) -> str:
     label = r.label.replace(f" ({common})", "", 1) if common else r.label
-    return label + (TINY_MARK if r.tiny else "")
+    label += TINY_MARK if r.tiny else ""
+    return f"{label} {ROLE_MARK[r.role]}" if r.role in ROLE_MARK else label
 
 
 def _value(lb: Leaderboard, r: Row, column: str, detail: str) -> str:
@@ -121,8 +124,39 @@ def board_renderables(lb: Leaderboard, board: DatasetBoard, width: int, detail: 
     if board.protocol:
         out.append(Text(board.protocol, style="dim"))
     out += [Text(f"warning: {f}", style="bold yellow") for f in board.flags]
+    out += calibration_renderables(lb, board, width, detail)
     if board.curve:
         out += curve_renderables(lb, board, width)
+    return out
+
+
+def calibration_grid(lb: Leaderboard, board: DatasetBoard, detail: str) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The calibrated table: each row's calibrated scores, then per G the null and the ceiling (raw)."""
+    common = common_label(board)
+    heads = [*KEY, *(short_name(cal_name(m)) + "↑" for m in lb.calibrated)]
+    body = [[str(r.n_genes), row_label(r, common), str(r.cells),
+             *(fmt.compact(r.stats[cal_name(m)], detail) for m in lb.calibrated)] for r in board.rows]
+    tiny = [r.tiny for r in board.rows]
+    for g in board.genes:
+        for what, attr in (("null (raw)", "null"), ("ceiling (raw)", "ceiling")):
+            vals = [getattr(board.bounds[(g, m)], attr) if (g, m) in board.bounds else math.nan for m in lb.calibrated]
+            body.append([str(g), what, "", *(fmt.num(v) for v in vals)])
+            tiny.append(False)
+    return heads, body, tiny
+
+
+def calibration_renderables(lb: Leaderboard, board: DatasetBoard, width: int, detail: str) -> list:
+    from rich.text import Text
+
+    out: list = []
+    if lb.calibrated:
+        heads, body, tiny = calibration_grid(lb, board, detail)
+        w = widths(heads, body)
+        title = f"{board.dataset}: calibrated scores (0 = best image-free null, 1 = noise ceiling)"
+        for i, block in enumerate(pack(w[:len(KEY)], w[len(KEY):], width)):
+            out += [Text(""), Text(title if i == 0 else f"{title} (continued)", style="bold"),
+                    _table(heads, body, [*range(len(KEY)), *(len(KEY) + j for j in block)], tiny)]
+    out.append(Text(summary_line(board.verdicts, short_name), style="bold" if board.verdicts else "dim"))
     return out
 
 
@@ -159,6 +193,15 @@ def legend(lb: Leaderboard, detail: str) -> list:
     for c in lb.shown:
         info = lb.info[c]
         t.add_row(lb.header(c) + arrow(lb, c), f"{c}, {direction_text(info)}: {info.description}")
+    for info in lb.hidden:
+        t.add_row(f"({info.header})", f"{info.name}, not shown (--columns {info.name}): {info.description}")
+    if lb.calibrated:
+        t.add_row("<score> cal", CAL_LEGEND)
+    roles = {r.role for b in lb.datasets for r in b.rows}
+    if "null" in roles:
+        t.add_row("[null]", "reference row: a null control (ignores the image or misplaces expression); never ranked")
+    if "oracle" in roles:
+        t.add_row("[oracle]", "reference row computed from the test truth; never ranked")
     ci = " [95% bootstrap CI of the mean]" if detail == "ci" else "; --ci adds the 95% bootstrap CI"
     return [Text(f"values: mean±std over folds and seeds{ci}; costs: mean" if lb.costs else
                  f"values: mean±std over folds and seeds{ci}"), t]

@@ -46,6 +46,7 @@ class SlideContext:
     genes: tuple[str, ...]
     seed: int = 0
     annotations: np.ndarray | None = None  # (N,) external domain labels, when a dataset has them
+    target_transform: str = "log1p"  # how the run's targets were made from counts (datasets.fold TARGET_TRANSFORMS)
 
 
 # compute(y_true (N, G) float64, y_pred (N, G) float64, ctx) -> Scores

@@ -11,6 +11,16 @@ Definitions follow FLAG spec section 5.3-5.5; Y is the (N, G) truth, Y^ the pred
   the two vectors; ``ssc@32`` = the same on the 32 genes with the highest true I (FLAG Fig. 6);
   ``moran_abs_err`` = mean |I(Y^) - I(Y)|.
 - RVD (Stem): mean over genes of (Var Y^_g - Var Y_g)^2 / (Var Y_g)^2; a diagnostic, unranked.
+- GSC_CPM: ``gsc`` on depth-normalised values, whatever the run's target transform: both sides
+  are taken back to counts (``TO_COUNTS``; prediction clipped at 0), each spot divided by its total
+  over the panel genes and multiplied by the truth slide's median panel total (scanpy
+  ``normalize_total``'s default target: the median over spots with a non-zero total), then log1p.
+  Under ``log1p_cpm`` the inverse gives CPM, so that median is a CPM total and the log1p acts at
+  another scale: compare gsc_cpm only between runs with the same target transform.
+  On raw log counts one per-spot depth factor carries most of the gene-gene correlation
+  (metric-validity.md 4), so plain GSC mostly checks that the depth factor is reproduced.
+  Spots whose truth panel total is 0 are dropped from both sides (counted, ``n_zero_total_spots``);
+  a prediction spot with total 0 stays a zero row; an unknown transform is NaN with the reason.
 
 Degenerate input, the convention and constancy rule (max - min == 0) of ``metrics.kernels``:
 - a gene constant in the truth is excluded and counted (``n_const_true``);
@@ -25,7 +35,8 @@ Degenerate input, the convention and constancy rule (max - min == 0) of ``metric
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -113,6 +124,59 @@ def gsc_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     return Scores(values=values, notes=notes)
 
 
+# target transform name -> its inverse, back to the count scale (the transforms themselves live in
+# datasets.fold.TARGET_TRANSFORMS; metrics do not import datasets). log1p_cpm goes back to CPM (the
+# library is not known here): the per-spot proportions are the counts', but the median target is
+# then a CPM total, so gsc_cpm of a log1p_cpm run is not the log1p run's number on the same data.
+TO_COUNTS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = MappingProxyType({
+    "log1p": np.expm1,
+    "log2p1": lambda x: np.expm1(x * np.log(2.0)),  # 2**x - 1, without the cancellation near 0
+    "log1p_cpm": np.expm1,
+})
+
+
+def depth_normalise(counts_true: np.ndarray, counts_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts (N, G) pair -> (log1p normalised truth (M, G), prediction (M, G), kept (N,) bool).
+
+    Each spot is divided by its panel total and scaled to the median total of the truth's spots
+    with a non-zero total; spots whose truth total is 0 are dropped from both; a prediction spot
+    with total 0 stays 0."""
+    tt, tp = counts_true.sum(axis=1), counts_pred.sum(axis=1)
+    keep = tt > 0
+    if not keep.any():
+        return np.zeros((0, counts_true.shape[1])), np.zeros((0, counts_true.shape[1])), keep
+    target = float(np.median(tt[keep]))
+    ct, cp, tp = counts_true[keep], counts_pred[keep], tp[keep]
+    nt = np.log1p(ct * (target / tt[keep])[:, None])
+    fp = np.zeros_like(tp)
+    np.divide(target, tp, out=fp, where=tp > 0)
+    return nt, np.log1p(cp * fp[:, None]), keep
+
+
+def gsc_cpm_scores(y_true: np.ndarray, y_pred: np.ndarray, target_transform: str = "log1p") -> Scores:
+    """GSC on depth-normalised values: targets (N, G) pair in ``target_transform`` space ->
+    Scores(values gsc_cpm; notes from ``gsc_scores`` plus the dropped spots)."""
+    yt, yp = validate_pair(y_true, y_pred)
+    name = str(target_transform)
+    inverse = TO_COUNTS.get(name)
+    if inverse is None:
+        return Scores(values={"gsc_cpm": float("nan")},
+                      notes={"gsc_cpm_reason": f"unknown target transform {name!r} (known: {', '.join(TO_COUNTS)})"})
+    ct = np.maximum(inverse(yt), 0.0)
+    cp = np.maximum(inverse(yp), 0.0)
+    nt, npred, keep = depth_normalise(ct, cp)
+    s = gsc_scores(nt, npred)
+    notes: dict[str, Any] = {
+        **{k: v for k, v in s.notes.items() if not k.startswith("gsc")},
+        "target_transform": name,
+        "n_zero_total_spots": int((~keep).sum()),
+        "n_zero_total_pred_spots": int((npred.sum(axis=1) == 0).sum()),
+    }
+    if "gsc_reason" in s.notes:
+        notes["gsc_cpm_reason"] = s.notes["gsc_reason"]
+    return Scores(values={"gsc_cpm": s.values["gsc"]}, notes=notes)
+
+
 def ssc_scores(y_true: np.ndarray, y_pred: np.ndarray, coords: np.ndarray | None, *, weights=None, top: int = 32) -> Scores:
     """SSC family for one slide.
 
@@ -188,6 +252,10 @@ def _gsc(yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
     return gsc_scores(yt, yp)
 
 
+def _gsc_cpm(yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
+    return gsc_cpm_scores(yt, yp, ctx.target_transform)
+
+
 def _rvd(yt: np.ndarray, yp: np.ndarray, ctx: SlideContext) -> Scores:
     return rvd_scores(yt, yp)
 
@@ -235,6 +303,16 @@ def make_ssc(weights=None, top: int = 32) -> Metric:
 
 
 GSC = make_gsc()
+GSC_CPM = Metric(
+    name="gsc_cpm",
+    compute=_gsc_cpm,
+    outputs=(
+        Output("gsc_cpm", True, _CORR,
+               "GSC on depth-normalised values (counts / spot panel total x median total, log1p), "
+               "whatever the target transform"),
+    ),
+    references="metric-validity.md 4 (GSC on depth-normalised targets); scanpy normalize_total + log1p",
+)
 SSC = make_ssc()
 RVD = Metric(
     name="rvd",

@@ -25,12 +25,30 @@ from flag_bench.datasets.panels import HMHVG
 from flag_bench.datasets.splits import carve_validation, make_split
 from flag_bench.methods.base import MethodCard
 from flag_bench.methods.controls import MeanConfig, MeanControl
-from flag_bench.methods.oracles import is_oracle
+from flag_bench.methods.oracles import is_oracle, receives_truth
+from flag_bench.methods.roles import is_reference
 from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
-# oracles (built-ins only) are checked by tests/test_oracles.py; a plugin's card is not read here:
-# the contract-breaking plugins of test_cli_catalog.py point back into this module
-ALL_METHODS = [n for n in METHODS.names() if not (METHODS.origin(n) == "built-in" and is_oracle(method_card(n)))]
+
+def _receives_truth(name: str) -> bool:
+    """A built-in the harness hands the test truth (the oracles, and the nulls that shuffle or
+    rotate the truth): only reference cards' classes are imported to ask, so collecting stays
+    torch-free."""
+    if METHODS.origin(name) != "built-in":
+        return False
+    card = method_card(name)
+    return is_oracle(card) or (is_reference(card) and receives_truth(METHODS.get(name)))
+
+
+# built-ins that receive the truth are checked by tests/test_oracles.py and tests/test_nulls.py; a
+# plugin's card is not read here: the contract-breaking plugins of test_cli_catalog.py point back
+# into this module
+ALL_METHODS = [n for n in METHODS.names() if not _receives_truth(n)]
+
+
+def test_the_image_free_nulls_are_held_to_the_contract():
+    assert {"random-spot", "gene-prior"} <= set(ALL_METHODS)
+    assert not {"null-shuffle", "null-rotate", "oracle-noise", "oracle-smooth", "oracle-slide-mean"} & set(ALL_METHODS)
 PATCH = PatchSpec(112, 32)
 
 

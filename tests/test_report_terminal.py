@@ -96,9 +96,11 @@ def test_80_columns_nothing_cut_no_row_wrapped(grid):
 def test_legend_tiny_warning_failed_and_missing_cells(grid):
     res = report(grid, "--source", "store")
     out = " ".join(res.stdout.split())  # the legend wraps its descriptions
-    for c in ("pcc_mean", "mse", "gsc", "ssc", "ssc@32", "ari"):
+    for c in ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "ari"):
         o = metric_outputs()[c]
         assert f"{c}, {'higher' if o.higher_is_better else 'lower'} is better: {o.description}" in out
+    for c in ("gsc_frobenius", "gsc_cpm", "ssc@32"):  # recorded, not shown: described all the same
+        assert f"{c}, not shown (--columns {c}): {metric_outputs()[c].description}" in out
     assert f"† {TINY_WARNING}" in res.stdout
     assert "1 planned cell never finished" in out and "knn (tiny): 1" in out
     assert grid["gone"].cell.fold in out and f"G=10 knn {grid['gone'].cell.fold}" in out

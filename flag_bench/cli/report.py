@@ -20,7 +20,7 @@ def report(
     results_dir: Path = typer.Option(Path(DEFAULT_RESULTS_DIR), "--results-dir", help="Results dir of `flag-bench run`."),
     fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, csv (full precision, the table only), html (one self-contained file with figures and statistics; needs --output FILE), png or svg (the figures as files; needs --output DIR)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (a folder for png and svg) instead of the terminal."),
-    metric: str = typer.Option("pcc_mean", "--metric", help="Sort key: a score name or its column header (pcc_mean or PCC, pcc_pooled, mse, gsc, ssc, ssc@32, ari)."),
+    metric: str = typer.Option("pcc_mean", "--metric", help="Sort key: a score name or its column header (pcc_mean or PCC, pcc_pooled, mse, gsc, gsc_cpm, ssc, ssc_spot, lee_l, ssc@32, ari, or a calibrated one such as gsc_cal)."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated score columns to show (names or headers), e.g. pcc_mean,pcc_pooled,mse for HEST's pooled PCC beside the per-slide mean."),
     ci: Optional[bool] = typer.Option(None, "--ci/--no-ci", help="Show the 95% bootstrap CI of each mean in the table (default: when it fits the width)."),
     costs: bool = typer.Option(False, "--costs", help="Add cost columns: fit s, predict s, peak MB, params (mean over folds and seeds)."),
@@ -106,14 +106,14 @@ def _emit(lb, fmt: ReportFormat, output: Optional[Path], ci: Optional[bool]) -> 
 
 def _html_columns(frame) -> tuple[str, ...]:
     """The HTML table's scores: the default columns with HEST's pooled PCC beside the per-slide mean
-    PCC and the Moran's I error, where the results have them."""
+    PCC, the distance and depth-normalised GSC beside GSC, and the Moran's I error, where the results
+    have them."""
     from flag_bench.leaderboard.model import DEFAULT_COLUMNS
 
+    beside = {"pcc_mean": ("pcc_pooled",), "gsc": ("gsc_frobenius", "gsc_cpm")}
     cols = []
     for c in DEFAULT_COLUMNS:
-        cols.append(c)
-        if c == "pcc_mean":
-            cols.append("pcc_pooled")
+        cols += [c, *beside.get(c, ())]
     cols.append("moran_abs_err")
     return tuple(c for c in cols if c in frame.columns)
 
