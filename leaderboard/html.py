@@ -17,7 +17,7 @@ from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.content import Content, fmt_p, slug
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import CAL_LEGEND, LEGEND, ROLE_MARK, TINY_WARNING, Row, role_label, short_name
+from flag_bench.leaderboard.model import CAL_LEGEND, LEGEND, TINY_WARNING, Row, role_label, role_legend, short_name
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import MIN_PAIRS, WILCOXON_NOTE
@@ -133,10 +133,7 @@ def leaderboard_section(c: Content) -> list[str]:
         out.append(f"<li>({esc(info.header)}) (<code>{esc(info.name)}</code>, not shown): {esc(info.description)}</li>")
     if lb.calibrated:
         out.append(f"<li><b>&lt;score&gt; cal</b>: {esc(CAL_LEGEND)}</li>")
-    if any(r.role for b in lb.datasets for r in b.rows):
-        out.append(f"<li><b>{esc(ROLE_MARK['null'])}</b>: a null control (ignores the image or misplaces expression); "
-                   f"<b>{esc(ROLE_MARK['oracle'])}</b>: computed from the test truth. Reference rows, below the "
-                   "methods, never ranked</li>")
+    out += [f"<li><b>{esc(mark)}</b>: {esc(text)}</li>" for mark, text in role_legend(lb)]
     out.append("</ul>")
     return out
 

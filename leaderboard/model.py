@@ -134,6 +134,15 @@ CAL_LEGEND = ("calibrated: (score - null) / (ceiling - null) per fold; null = th
               "the fold (random-spot, gene-prior), ceiling = the slide's split-half noise ceiling; 0 = no better "
               "than ignoring the image, 1 = as good as the counting noise allows")
 ROLE_MARK = {"null": "[null]", "oracle": "[oracle]"}
+ROLE_LEGEND = {"null": "a null control (ignores the image or misplaces expression)",
+               "oracle": "computed from the test truth"}
+REFERENCE_NOTE = "reference rows, listed below the methods, never ranked"
+
+
+def role_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
+    """(mark, text) for each role among the rows shown: one legend line each, in every format."""
+    roles = {r.role for b in lb.datasets for r in b.rows}
+    return [(ROLE_MARK[k], f"{ROLE_LEGEND[k]}; {REFERENCE_NOTE}") for k in ROLE_MARK if k in roles]
 
 
 def role_label(r: Row, label: str | None = None) -> str:

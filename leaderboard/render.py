@@ -17,8 +17,8 @@ from typing import Callable
 from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row,
-                                          Stat, role_label, short_name)
+from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
+                                          role_label, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.terminal import TINY_MARK, arrow, direction_text, print_leaderboard
@@ -104,10 +104,7 @@ def _md_legend(lb: Leaderboard) -> list[str]:
         out.append(f"- ({info.header}) (`{info.name}`, not shown: `--columns {info.name}`): {info.description}")
     if lb.calibrated:
         out.append(f"- **<score> cal**: {CAL_LEGEND}")
-    if any(r.role for b in lb.datasets for r in b.rows):
-        out.append(f"- {ROLE_MARK['null']}: a null control (ignores the image or misplaces expression); "
-                   f"{ROLE_MARK['oracle']}: computed from the test truth. Reference rows, listed below the methods, "
-                   "never ranked")
+    out += [f"- {mark}: {text}" for mark, text in role_legend(lb)]
     return out
 
 

@@ -16,7 +16,8 @@ from rich.cells import cell_len
 
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import CAL_LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row, short_name
+from flag_bench.leaderboard.model import (CAL_LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row,
+                                          role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -197,11 +198,8 @@ def legend(lb: Leaderboard, detail: str) -> list:
         t.add_row(f"({info.header})", f"{info.name}, not shown (--columns {info.name}): {info.description}")
     if lb.calibrated:
         t.add_row("<score> cal", CAL_LEGEND)
-    roles = {r.role for b in lb.datasets for r in b.rows}
-    if "null" in roles:
-        t.add_row("[null]", "reference row: a null control (ignores the image or misplaces expression); never ranked")
-    if "oracle" in roles:
-        t.add_row("[oracle]", "reference row computed from the test truth; never ranked")
+    for mark, text in role_legend(lb):
+        t.add_row(mark, text)
     ci = " [95% bootstrap CI of the mean]" if detail == "ci" else "; --ci adds the 95% bootstrap CI"
     return [Text(f"values: mean±std over folds and seeds{ci}; costs: mean" if lb.costs else
                  f"values: mean±std over folds and seeds{ci}"), t]

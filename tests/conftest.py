@@ -53,3 +53,23 @@ def make_views(n_train_slides=3, n_test_slides=1, n_spots=48, n_genes=12, emb_di
 @pytest.fixture
 def views():
     return make_views()
+
+
+def her2st_fold_views(n_genes: int = 200) -> dict:
+    """Real her2st-mini folds at HMHVG-``n_genes``, log1p, no embeddings: C -> B4 and C2 left out,
+    keyed by their test slides (("B4",), ("C2",)); for the tests of the controls and the ceilings."""
+    from flag_bench.datasets import her2st_mini
+    from flag_bench.datasets.base import PatchSpec
+    from flag_bench.datasets.fold import FoldBuilder, FoldSpec
+    from flag_bench.datasets.panels import HMHVG
+    from flag_bench.datasets.splits import make_split
+    from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
+
+    ds = her2st_mini.load()
+    builder = FoldBuilder(ds, patch=PatchSpec(112, 32), encoder=None, device="cpu", cache_dir=None)
+    out = {}
+    for split in ("patient", "slide"):  # fold 0 of each: C -> B4, and C2 left out
+        fold = make_split(ds, SplitSpec(split)).folds[0]
+        out[fold.test] = builder.build(FoldSpec(PanelSpec("hmhvg"), n_genes, fold, TargetTransform.LOG1P), HMHVG(),
+                                       embeddings=False)
+    return out

@@ -8,7 +8,6 @@ import csv
 import io
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner

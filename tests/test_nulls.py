@@ -13,11 +13,6 @@ import numpy as np
 import pytest
 
 from flag_bench.catalog import METHODS, in_default_run, method_card
-from flag_bench.datasets import her2st_mini
-from flag_bench.datasets.base import PatchSpec
-from flag_bench.datasets.fold import FoldBuilder, FoldSpec
-from flag_bench.datasets.panels import HMHVG
-from flag_bench.datasets.splits import make_split
 from flag_bench.datasets import views as data_views
 from flag_bench.methods.base import MethodCard
 from flag_bench.methods.controls import MeanControl
@@ -28,21 +23,13 @@ from flag_bench.methods.roles import (NULL_ROLE, ORACLE_ROLE, is_null, is_oracle
 from flag_bench.metrics.moran import morans_i_values
 from flag_bench.metrics.structure import DEFAULT_WEIGHTS
 from flag_bench.scoring import score_cell
-from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
-from conftest import make_views
+from conftest import her2st_fold_views, make_views
 
 
 @pytest.fixture(scope="module")
 def folds():
-    ds = her2st_mini.load()
-    builder = FoldBuilder(ds, patch=PatchSpec(112, 32), encoder=None, device="cpu", cache_dir=None)
-    out = {}
-    for split, index in (("patient", 0), ("slide", 0)):  # C -> B4, and C2 left out
-        fold = make_split(ds, SplitSpec(split)).folds[index]
-        out[fold.test[0]] = builder.build(FoldSpec(PanelSpec("hmhvg"), 200, fold, TargetTransform.LOG1P), HMHVG(),
-                                          embeddings=False)
-    return out
+    return {test[0]: views for test, views in her2st_fold_views(200).items()}  # "B4", "C2"
 
 
 def _scores(preds, views):

@@ -11,11 +11,6 @@ from typer.testing import CliRunner
 
 from flag_bench.catalog import METHODS, method_card
 from flag_bench.cli import app
-from flag_bench.datasets import her2st_mini
-from flag_bench.datasets.base import PatchSpec
-from flag_bench.datasets.fold import FoldBuilder, FoldSpec
-from flag_bench.datasets.panels import HMHVG
-from flag_bench.datasets.splits import make_split
 from flag_bench.errors import CellFailure, UserError
 from flag_bench.leaderboard.content import build_content
 from flag_bench.leaderboard.model import build
@@ -28,7 +23,8 @@ from flag_bench.methods.oracles import (NoiseConfig, NullRotate, NullShuffle, Or
 from flag_bench.methods.roles import is_reference
 from flag_bench.metrics.core import pearson_per_gene
 from flag_bench.scoring import score_cell
-from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
+
+from conftest import her2st_fold_views
 
 SIGMAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 FALLING = ("pcc_mean", "pcc_pooled", "gsc", "ssc", "ssc@32")  # MSE and MAE rise
@@ -36,14 +32,7 @@ FALLING = ("pcc_mean", "pcc_pooled", "gsc", "ssc", "ssc@32")  # MSE and MAE rise
 
 @pytest.fixture(scope="module")
 def folds():
-    ds = her2st_mini.load()
-    builder = FoldBuilder(ds, patch=PatchSpec(112, 32), encoder=None, device="cpu", cache_dir=None)
-    out = {}
-    for split, index in (("patient", 0), ("slide", 0)):  # C -> B4, and C2 left out
-        fold = make_split(ds, SplitSpec(split)).folds[index]
-        out[fold.test] = builder.build(FoldSpec(PanelSpec("hmhvg"), 200, fold, TargetTransform.LOG1P), HMHVG(),
-                                       embeddings=False)
-    return out
+    return her2st_fold_views(200)  # C -> B4 and C2 left out, keyed by their test slides
 
 
 def _scores(oracle, views):
