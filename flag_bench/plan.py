@@ -163,19 +163,34 @@ def protocol_card(cfg: RunConfig, split, encoder: Mapping[str, Any] | None = Non
     }
 
 
-def _check_patch(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
-    """A patch larger than what the dataset's images hold fails now, not inside the first cell."""
+def _check_patch(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> dict[str, Any]:
+    """A patch larger than what the dataset's images hold fails now, not inside the first cell.
+
+    Stored patches (HEST) may be up to ``field_tolerance_um`` (one source pixel) narrower than
+    the run's patch: HEST cuts round(112 um / um-per-px) whole source pixels, so about half of
+    all slides store 112 um minus a fraction of a pixel. What was allowed goes into the protocol
+    card: ``patch_stored_um`` (the narrowest stored field) and ``patch_tolerance_um``."""
     if not any(set(cls.card.needs) & {"embeddings", "tiles", "region"} for cls, _ in methods.values()):
-        return
-    fields = [getattr(s.tile_reader, "max_field_um", None) for s in ds.slides if s.tile_reader is not None]
-    limit = min((f for f in fields if f is not None), default=None)
-    if limit is not None and cfg.patch_um > limit + 1e-6:
+        return {}
+    from flag_bench.datasets.readers.images import field_limit
+
+    limit, tol = field_limit([s.tile_reader for s in ds.slides])
+    if limit is None:
+        return {}
+    if cfg.patch_um > limit + tol + 1e-6:
+        import math
+
+        allowed = math.floor((limit + tol) * 1000) / 1000 if tol else limit  # printed, never above the limit
         raise UserError(f"--patch-um {cfg.patch_um:g}: dataset {spec.key} holds image patches of at most "
-                        f"{limit:g} um around each spot; use --patch-um {limit:g} or less")
+                        f"{limit:g} um around each spot"
+                        + (f" (+{tol:.3g} um, one source pixel, tolerated)" if tol else "")
+                        + f"; use --patch-um {allowed:g} or less")
+    return {"patch_stored_um": limit, "patch_tolerance_um": tol}
 
 
-def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
-    _check_patch(ds, spec, cfg, methods)
+def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> dict[str, Any]:
+    """Checks a dataset against the run; returns what the protocol card records about its patches."""
+    patch_card = _check_patch(ds, spec, cfg, methods)
     for g in cfg.genes:
         if g > len(ds.genes):
             raise UserError(f"--genes {g}: dataset {ds.name} has only {len(ds.genes)} candidate genes; "
@@ -186,6 +201,7 @@ def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> None:
         if missing:
             raise UserError(f"method '{m}' needs {', '.join(missing)}, which dataset {spec.key} does not provide "
                             f"(it provides {', '.join(sorted(can)) or 'nothing'}); drop the method or the dataset")
+    return patch_card
 
 
 def _select_folds(split, cfg: RunConfig, ds) -> tuple:
@@ -218,9 +234,9 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
     loaded = {}
     for spec in cfg.datasets:
         ds = loaded[spec.key] = load_dataset(spec)
-        _check_dataset(ds, spec, cfg, methods)
+        patch_card = _check_dataset(ds, spec, cfg, methods)
         split = make_split(ds, cfg.split, allow_patient_overlap=cfg.allow_patient_overlap)
-        protocol = protocol_card(cfg, split, enc_info)
+        protocol = {**protocol_card(cfg, split, enc_info), **patch_card}
         corpora = tuple(ds.meta.get("corpora", ()) or ())
         for g in cfg.genes:
             for m, (cls, mcfg) in methods.items():

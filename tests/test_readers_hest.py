@@ -124,3 +124,37 @@ def test_plain_panel_file_is_not_test_informed(mini, tmp_path):
     genes.write_text(json.dumps(list(mini.genes[:10])))
     panel = FilePanel(str(genes)).fit([], mini.genes, 5, train_slides=("C2",), dataset_version=mini.version)
     assert panel.genes == mini.genes[:5] and panel.stats["test_informed"] is False
+
+
+def test_hestcore_cut_patches_run_at_the_default_112_um(tmp_path):
+    """HEST cuts round(112 um / um-per-px) whole source pixels: half of all slides store a field a
+    fraction of a pixel under 112 um. The default --patch-um 112 runs on them (one source pixel
+    of tolerance, recorded in the protocol card); wider still fails in one line."""
+    from flag_bench.errors import UserError  # noqa: F401
+
+    root = tmp_path / "hest"
+    sizes = {"S1": 112 / 223.49, "S2": 112 / 224.31, "S3": 112 / 222.6}  # src 223, 224, 223 px
+    for k, (sid, um) in enumerate(sizes.items()):
+        slide = layouts.synthetic_slide(4, 3, 25, um_per_px=um, seed=k)
+        layouts.write_hest_cut(root, sid, slide, patient=f"P{k}")
+    ds = hest.load(root=str(root))
+    s1 = ds.slide("S1")
+    assert s1.tile_reader.max_field_um == pytest.approx(223 * sizes["S1"]) and s1.tile_reader.max_field_um < 111.76
+    assert s1.tile_reader.field_tolerance_um == pytest.approx(sizes["S1"])
+    assert s1.meta["patch_field_tolerance_um"] == pytest.approx(sizes["S1"])
+    # a 112-um request reads the whole stored patch (what HEST-Benchmark feeds its encoders)
+    with __import__("h5py").File(root / "patches" / "S1.h5", "r") as f:
+        stored = f["img"][()][s1.tile_reader.rows]
+    np.testing.assert_array_equal(s1.tiles(PatchSpec(112.0, 224)), stored)
+    cells = layouts.run_ok(tmp_path / "r", "--datasets", f"hest:root={root}")
+    for c in cells:
+        assert c["protocol"]["patch_stored_um"] == pytest.approx(223 * sizes["S1"])
+        assert c["protocol"]["patch_tolerance_um"] == pytest.approx(sizes["S1"])  # the narrowest slide's pixel
+    res = runner.invoke(app, [*RUN, "--datasets", f"hest:root={root}", "--patch-um", "113",
+                              "--results-dir", str(tmp_path / "r2")])
+    text = res.output.strip()
+    assert res.exit_code == 2 and len(text.splitlines()) == 1 and "Traceback" not in text, text
+    assert "at most 111.754 um" in text and "use --patch-um 112.255 or less" in text, text
+    # patch_um= given in the spec is exact: no tolerance
+    exact = hest.load(root=str(root), patch_um=111.75)
+    assert exact.slide("S1").tile_reader.field_tolerance_um == 0.0

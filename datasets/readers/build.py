@@ -42,16 +42,115 @@ class SlidePart:
     dropped: int = 0  # spots dropped for want of a patch
 
 
-def as_count_matrix(x, spec: str, where: str) -> sp.csr_matrix:
-    """Any AnnData X -> int32 CSR; non-integer or negative values are not raw counts -> UserError."""
-    m = sp.csr_matrix(x)
+INT32_MAX = int(np.iinfo(np.int32).max)
+DUPLICATE_GENES = ("unique", "sum")
+
+
+def as_count_matrix(x, spec: str, where: str, fix: str = "give the raw count matrix") -> sp.csr_matrix:
+    """Any count matrix (dense, sparse, any numeric dtype) -> int32 CSR of raw counts.
+
+    NaN, infinite, negative, non-integer and > int32 values are not raw UMI counts: each is a
+    one-line ``UserError`` naming ``where`` (the file and its field) and ``fix``, never a cast
+    that wraps (``inf`` and values above 2^31 used to become -2147483648).
+    """
+    try:
+        m = sp.csr_matrix(x)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{spec}: {where} is not a numeric matrix ({type(exc).__name__}); {fix}") from None
+    if m.dtype == bool or not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+        raise UserError(f"{spec}: {where} holds {m.dtype} values, not counts; {fix}")
     data = m.data
-    if data.size and (np.any(data < 0) or not np.allclose(data, np.round(data))):
-        raise UserError(f"{spec}: {where} holds non-integer or negative values, not raw counts; "
-                        "give the raw count matrix (HEST st/*.h5ad X, or layers['counts'] copied to X)")
-    out = sp.csr_matrix((np.round(data).astype(np.int32), m.indices, m.indptr), shape=m.shape)
+    if data.size:
+        if np.issubdtype(data.dtype, np.floating):
+            for bad, what in ((np.isnan(data), "NaN (missing)"), (np.isinf(data), "infinite")):
+                if bad.any():
+                    raise UserError(f"{spec}: {where} holds {int(bad.sum())} {what} value(s), not raw counts; {fix}")
+        lo, hi = data.min(), data.max()
+        if lo < 0:
+            raise UserError(f"{spec}: {where} holds {int((data < 0).sum())} negative value(s) (min {lo:g}), "
+                            f"not raw counts; {fix}")
+        if np.issubdtype(data.dtype, np.floating):
+            if np.abs(data - np.round(data)).max() > 1e-6:  # float noise on integers is rounded away
+                raise UserError(f"{spec}: {where} holds non-integer values (log-normalised?), not raw counts; {fix}")
+            data = np.round(data)
+        if hi > INT32_MAX:
+            raise UserError(f"{spec}: {where} holds values above {INT32_MAX} (max {hi:g}), too large for raw "
+                            f"counts; {fix}")
+    out = sp.csr_matrix((data.astype(np.int32), m.indices, m.indptr), shape=m.shape)
     out.sum_duplicates()
     return out
+
+
+def unique_names(names) -> tuple[str, ...]:
+    """AnnData's ``var_names_make_unique``: the first copy keeps its name, later copies become
+    ``NAME-1``, ``NAME-2``, ... (skipping a suffix another name already has)."""
+    names = [str(n) for n in names]
+    if len(set(names)) == len(names):
+        return tuple(names)
+    taken, first, counter, out = set(names), set(), {}, []
+    for n in names:
+        if n not in first:
+            first.add(n)
+            out.append(n)
+            continue
+        while True:
+            counter[n] = counter.get(n, 0) + 1
+            new = f"{n}-{counter[n]}"
+            if new not in taken:
+                taken.add(new)
+                out.append(new)
+                break
+    return tuple(out)
+
+
+def check_duplicate_genes(mode: Any, spec: str) -> str:
+    """The ``duplicate_genes=`` parameter: ``unique`` (default) or ``sum``."""
+    mode = "unique" if mode in (None, "") else str(mode).strip().lower()
+    if mode not in DUPLICATE_GENES:
+        raise UserError(f"{spec}: duplicate_genes={mode!r} must be one of {', '.join(DUPLICATE_GENES)}")
+    return mode
+
+
+def resolve_duplicate_genes(counts: sp.csr_matrix, genes, gene_ids, mode: Any, spec: str,
+                            where: str) -> tuple[sp.csr_matrix, tuple[str, ...], tuple[str, ...]]:
+    """Repeated gene names of one file, never overwritten: ``unique`` renames later copies the
+    AnnData way (``GENE``, ``GENE-1``, ...), ``sum`` adds their columns into the first copy's
+    (keeping its gene id). Either warns once, naming the file and the count."""
+    mode = check_duplicate_genes(mode, spec)
+    genes = tuple(str(g) for g in genes)
+    gene_ids = tuple(str(g) for g in gene_ids)
+    if len(set(genes)) == len(genes):
+        return counts, genes, gene_ids
+    first: dict[str, int] = {}
+    for i, g in enumerate(genes):
+        first.setdefault(g, i)
+    n_dup = len(genes) - len(first)
+    example = next(g for i, g in enumerate(genes) if first[g] != i)
+    if mode == "sum":
+        order = list(first)
+        index = {g: k for k, g in enumerate(order)}
+        col = np.array([index[g] for g in genes], dtype=np.int64)
+        merge = sp.csr_matrix((np.ones(len(genes), dtype=np.int64), (np.arange(len(genes)), col)),
+                              shape=(len(genes), len(order)))
+        summed = sp.csr_matrix(counts.astype(np.int64) @ merge)
+        if summed.data.size and summed.data.max() > INT32_MAX:
+            raise UserError(f"{spec}: {where}: summing the duplicate gene columns exceeds {INT32_MAX}; "
+                            "use duplicate_genes=unique")
+        out = sp.csr_matrix(summed.astype(np.int32))
+        warnings.warn(f"{spec}: {where} repeats {n_dup} gene name(s) (e.g. {example}); their columns were summed "
+                      "(duplicate_genes=sum)", UserWarning, stacklevel=3)
+        return out, tuple(order), tuple(gene_ids[first[g]] for g in order)
+    uniq = unique_names(genes)
+    warnings.warn(f"{spec}: {where} repeats {n_dup} gene name(s) (e.g. {example}); later copies were renamed "
+                  f"{example}-1, ... (add duplicate_genes=sum to the spec to add them up instead)",
+                  UserWarning, stacklevel=3)
+    return counts, uniq, gene_ids
+
+
+def check_spots(n: int, spec: str, where: str, fix: str) -> None:
+    """A slide with no spot cannot be scored or split: refuse it, naming the file."""
+    if n == 0:
+        raise UserError(f"{spec}: {where} holds no spot; {fix}")
 
 
 def _common_genes(parts: list[SlidePart], spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -103,6 +202,8 @@ def finish_dataset(parts: list[SlidePart], *, name: str, spec: str, platform: st
     genes, gene_ids = _common_genes(parts, spec)
     slides = []
     for p in parts:
+        if len(set(p.genes)) != len(p.genes):  # readers make names unique; never let a copy overwrite another
+            raise UserError(f"{spec}: slide {p.id} repeats gene names; add duplicate_genes=unique or sum to the spec")
         pos = {g: i for i, g in enumerate(p.genes)}
         cols = np.array([pos[g] for g in genes], dtype=np.int64)
         counts = p.counts if len(cols) == len(p.genes) and np.array_equal(cols, np.arange(len(cols))) \

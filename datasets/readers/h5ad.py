@@ -2,11 +2,16 @@
 in ``X``, with an image or a HEST-style patch file.
 
 Spec: ``h5ad:path=FILE_OR_DIR[,patches=FILE_OR_DIR,image=FILE,patient=NAME,pixel_size=UM,
-patch_um=UM,pitch_um=100]``. A folder reads every ``*.h5ad`` in it; ``patches=`` then names a
+patch_um=UM,pitch_um=100,counts=X,duplicate_genes=unique]``. A folder reads every ``*.h5ad`` in it; ``patches=`` then names a
 folder of ``<stem>.h5`` files. ``image=`` needs a single file.
 
 - Patients: ``patient=`` (single file), else a constant ``obs['patient']`` column, else each file
   is its own patient.
+- Counts: raw counts from ``X`` (default), ``counts=raw`` (``.raw.X``) or ``counts=NAME``
+  (``layers[NAME]``, e.g. ``counts=counts``). NaN, inf, negative, non-integer (log-normalised)
+  or > int32 values are refused in one line naming the file and the field.
+- Repeated gene names are made unique the AnnData way (``GENE``, ``GENE-1``, ...) with a
+  warning, never overwritten; ``duplicate_genes=sum`` adds the copies up instead.
 - Pixel size: ``pixel_size=`` > ``uns['flag_bench']['pixel_size_um']`` or the image's resolution
   tags (embedded) > estimated from the spot spacing with ``pitch_um`` (default 100 um, Visium)
   > error.
@@ -14,6 +19,7 @@ folder of ``<stem>.h5`` files. ``image=`` needs a single file.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from flag_bench.datasets.readers.validate import need_file, positive_float
 from flag_bench.errors import UserError
 
 NAME = "h5ad"
-KEYS = ("path", "patches", "image", "patient", "pixel_size", "patch_um", "pitch_um")
+KEYS = ("path", "patches", "image", "patient", "pixel_size", "patch_um", "pitch_um", "counts", "duplicate_genes")
 
 
 def _peek(path: Path) -> dict[str, Any]:
@@ -74,14 +80,17 @@ def load(**params: Any) -> SpatialDataset:
                           spec=spec, pixel_size=params.get("pixel_size"), embedded=emb,
                           embedded_detail=f"uns['flag_bench']['pixel_size_um'] of {f.name}", pitch_um=pitch,
                           spot_diameter_um=positive_float(peek.get("spot_diameter_um")) or 55.0,
-                          patch_um=params.get("patch_um"), meta={})
+                          patch_um=params.get("patch_um"), meta={},
+                          counts_source=params.get("counts"), duplicate_genes=params.get("duplicate_genes"))
         parts.append(part)
     if not known:
         import anndata as ad
 
         found = 0
         for p in parts:
-            obs = ad.read_h5ad(p.meta["st_file"], backed="r").obs
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*names are not unique")
+                obs = ad.read_h5ad(p.meta["st_file"], backed="r").obs
             if "patient" in obs.columns and obs["patient"].nunique() == 1:
                 p.patient = str(obs["patient"].iloc[0])
                 found += 1

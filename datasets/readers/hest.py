@@ -2,7 +2,8 @@
 optional ``wsis/<id>.tif``), read with anndata and h5py.
 
 Spec: ``hest:root=DIR[,ids=A+B,organ=Breast,species=Homo sapiens,technology=Visium,
-pixel_size=UM,patch_um=UM]``. A list inside one key is joined by ``+`` (``,`` separates keys).
+pixel_size=UM,patch_um=UM,counts=X,duplicate_genes=unique]``
+(``counts=`` and ``duplicate_genes=`` as in the ``h5ad`` loader). A list inside one key is joined by ``+`` (``,`` separates keys).
 
 - Patients come from the metadata's ``patient`` (qualified by ``dataset_title`` when two studies
   reuse a name); a sample without one is its own patient. With every patient known the
@@ -13,7 +14,10 @@ pixel_size=UM,patch_um=UM]``. A list inside one key is joined by ``+`` (``,`` se
   from the spot spacing, the one its patches were cut with) > ``pixel_size_um_embedded`` >
   our estimate from the spot spacing (Visium 100 um, ST 200 um pitch) > error.
 - A stored patch covers ``patch_size_src`` level-0 pixels (``img`` attributes); a run may ask
-  for that width or less, resampled to any number of pixels.
+  for that width or less, resampled to any number of pixels, or up to one source pixel more
+  (HEST rounds 112 um to whole source pixels; the whole stored patch is then used).
+- The patches' own ``coords`` (top-left level-0 pixels) must lie on their spots (within a patch
+  width): otherwise the h5ad and the patch file use different images and are refused.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from flag_bench.datasets.readers.validate import (PITCH_UM, list_param, need_dir
 from flag_bench.errors import UserError
 
 NAME = "hest"
-KEYS = ("root", "ids", "organ", "species", "technology", "pixel_size", "patch_um")
+KEYS = ("root", "ids", "organ", "species", "technology", "pixel_size", "patch_um", "counts", "duplicate_genes")
 _FILTERS = {"organ": "organ", "species": "species", "technology": "st_technology"}
 WSI_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi")
 
@@ -129,7 +133,8 @@ def load(**params: Any) -> SpatialDataset:
             sid=sid, patient=patients[sid], st_path=st_dir / f"{sid}.h5ad", patches=patches, image=image, spec=spec,
             pixel_size=params.get("pixel_size"), embedded=positive_float(m.get("pixel_size_um_embedded")),
             embedded_detail=f"metadata/{sid}.json pixel_size_um_embedded", pitch_um=pitch, spot_diameter_um=diameter,
-            patch_um=params.get("patch_um"),
+            patch_um=params.get("patch_um"), counts_source=params.get("counts"),
+            duplicate_genes=params.get("duplicate_genes"),
             meta={k: m[k] for k in ("organ", "species", "st_technology", "dataset_title", "oncotree_code",
                                     "disease_state", "license") if k in m},
             recorded=None if est is None else (est, "estimated from spot spacing",

@@ -1,7 +1,8 @@
 """``hest-bench``: a HEST-Benchmark task folder (``adata/<id>.h5ad``, ``patches/<id>.h5``,
 ``splits/train_k.csv`` + ``test_k.csv``, ``var_50genes.json``).
 
-Spec: ``hest-bench:root=DIR,task=IDC[,pixel_size=UM,patch_um=UM,pitch_um=100]`` (``root/task``
+Spec: ``hest-bench:root=DIR,task=IDC[,pixel_size=UM,patch_um=UM,pitch_um=100,counts=X,
+duplicate_genes=unique]`` (``root/task``
 is the task folder; without ``task=`` ``root`` is the task folder itself).
 
 - ``--split hest`` runs the task's own folds (``meta['hest_splits_dir']``).
@@ -32,7 +33,7 @@ from flag_bench.datasets.readers.validate import need_dir, need_file, positive_f
 from flag_bench.errors import UserError
 
 NAME = "hest-bench"
-KEYS = ("root", "task", "pixel_size", "patch_um", "pitch_um")
+KEYS = ("root", "task", "pixel_size", "patch_um", "pitch_um", "counts", "duplicate_genes")
 
 
 def _fold_files(splits: Path, spec: str) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -86,6 +87,7 @@ def load(**params: Any) -> SpatialDataset:
                           pixel_size=params.get("pixel_size"), embedded=None, embedded_detail="", pitch_um=pitch,
                           spot_diameter_um=positive_float(m.get("spot_diameter")) or 55.0,
                           patch_um=params.get("patch_um"), meta={"task": task_dir.name},
+                          counts_source=params.get("counts"), duplicate_genes=params.get("duplicate_genes"),
                           recorded=None if est is None else (est, "estimated from spot spacing",
                                                              f"metadata/{sid}.json pixel_size_um_estimated (HEST's estimate)"))
         parts.append(part)

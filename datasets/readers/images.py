@@ -24,7 +24,9 @@ def resample(tile: np.ndarray, stored_um: float, patch: PatchSpec) -> np.ndarray
     from PIL import Image
 
     stored_px = tile.shape[0]
-    side = patch.size_um / stored_um * stored_px
+    # a request up to the reader's tolerance wider than the stored field (HEST rounds each
+    # patch's source width to whole pixels) reads the whole stored patch
+    side = min(patch.size_um / stored_um * stored_px, float(stored_px))
     whole = abs(side - stored_px) < 1e-6
     if whole and patch.size_px == stored_px:
         return tile
@@ -35,13 +37,28 @@ def resample(tile: np.ndarray, stored_um: float, patch: PatchSpec) -> np.ndarray
                                  box=None if whole else (lo, lo, lo + side, lo + side)))
 
 
-def check_patch(patch: PatchSpec, limit_um: float | None, what: str) -> None:
-    """A positive pixel size, and no wider than ``limit_um`` (what ``what`` stores; None: any)."""
+def check_patch(patch: PatchSpec, limit_um: float | None, what: str, tolerance_um: float = 0.0) -> None:
+    """A positive pixel size, and no wider than ``limit_um`` (what ``what`` stores; None: any)
+    plus ``tolerance_um`` (HEST patches: one source pixel, see ``field_limit``)."""
     if patch.size_px < 1:
         raise UserError(f"patch size {patch.size_px} px: must be a positive number of pixels")
-    if limit_um is not None and patch.size_um > limit_um + 1e-6:
+    if limit_um is not None and patch.size_um > limit_um + tolerance_um + 1e-6:
         raise UserError(f"patch size {patch.size_um:g} um: {what} stores {limit_um:g}-um patches only; "
                         f"use --patch-um <= {limit_um:g}")
+
+
+def field_limit(readers) -> tuple[float | None, float]:
+    """(widest field every reader can serve, um, or None for any; tolerance, um) over the tile
+    readers of a dataset: the smallest ``max_field_um``, and how much wider than it every reader
+    still serves (``max_field_um + field_tolerance_um``, the smallest over the readers). A run's ``--patch-um`` may exceed the limit by the
+    tolerance: HEST cuts each patch from round(112 um / source um-per-px) source pixels, so its
+    stored field is 112 um +- half a source pixel, and one source pixel of slack accepts it."""
+    limited = [(float(f), float(getattr(r, "field_tolerance_um", 0.0) or 0.0))
+               for r in readers if r is not None and (f := getattr(r, "max_field_um", None)) is not None]
+    if not limited:
+        return None, 0.0
+    limit = min(f for f, _ in limited)
+    return limit, max(0.0, min(f + t for f, t in limited) - limit)
 
 
 class H5PatchReader:
@@ -52,11 +69,15 @@ class H5PatchReader:
     crop and resample like her2st-mini's reader.
     """
 
-    def __init__(self, path: Path, rows: np.ndarray, stored_um: float, dataset: str = "img"):
+    def __init__(self, path: Path, rows: np.ndarray, stored_um: float, dataset: str = "img",
+                 tolerance_um: float = 0.0):
         self.path = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.stored_um = float(stored_um)
         self.dataset = dataset
+        # how much wider than ``stored_um`` a request may be (then the whole patch is read):
+        # one source pixel for HEST's whole-pixel cuts, 0 for a field given by the user
+        self.field_tolerance_um = float(tolerance_um)
 
     @property
     def max_field_um(self) -> float:
@@ -66,7 +87,7 @@ class H5PatchReader:
         """uint8 (n_spots or len(spots), size_px, size_px, 3)."""
         import h5py
 
-        check_patch(patch, self.stored_um, str(self.path))
+        check_patch(patch, self.stored_um, str(self.path), getattr(self, "field_tolerance_um", 0.0))
         rows = self.rows if spots is None else self.rows[np.asarray(spots, dtype=np.int64)]
         out = np.empty((len(rows), patch.size_px, patch.size_px, 3), dtype=np.uint8)
         if len(rows) == 0:
@@ -86,8 +107,51 @@ class H5PatchReader:
         return out
 
 
+_FIX_IMAGE = "convert it to an 8-bit RGB image (e.g. the level-0 H&E as RGB TIFF, PNG or JPEG)"
+
+
+def _plane_axes(path: Path, shape: tuple, axes: str) -> str:
+    """The axes of a single image plane (size-1 axes dropped): 'YX', 'YXS' or 'SYX'; anything
+    else (a stack, time series, multiplex channels) -> UserError."""
+    kept = "".join(a for a, n in zip(axes, shape) if n > 1 or a in "YX").replace("C", "S")
+    sizes = {a: n for a, n in zip(axes.replace("C", "S"), shape)}
+    if kept not in ("YX", "YXS", "SYX") or sizes.get("S", 3) > 4:
+        raise UserError(f"{path} is a {'x'.join(map(str, shape))} ({axes}) image, not one RGB or grayscale plane; "
+                        f"{_FIX_IMAGE}")
+    return kept
+
+
+def _check_dtype(path: Path, dtype) -> None:
+    dtype = np.dtype(dtype)
+    if dtype != np.uint8 and not (np.issubdtype(dtype, np.unsignedinteger) and dtype.itemsize <= 4):
+        raise UserError(f"{path} has {dtype} pixels (only 8- or 16-bit unsigned integers are read); {_FIX_IMAGE}")
+
+
+def to_rgb8(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) from one plane with ``axes`` 'YX', 'YXS' or 'SYX' (``_plane_axes``): a
+    planar (3, H, W) axis moved last, grayscale repeated, alpha dropped, 16-bit (or 32-bit
+    unsigned) scaled to 8-bit by the dtype's range, never a wrapping cast."""
+    _check_dtype(path, arr.dtype)
+    if axes == "SYX":
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    arr = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+    if arr.dtype != np.uint8:
+        top = float(np.iinfo(arr.dtype).max)
+        out = np.empty(arr.shape, dtype=np.uint8)
+        for r in range(0, arr.shape[0], 1024):  # row blocks: no full-size float copy of a large slide
+            out[r:r + 1024] = np.rint(arr[r:r + 1024].astype(np.float64) * (255.0 / top)).astype(np.uint8)
+        arr = out
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
 def open_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of level 0, without decoding pixels where the format allows."""
+    """(width, height) of level 0, without decoding pixels where the format allows. A layout
+    the tile reader cannot turn into 8-bit RGB (a stack, float or signed pixels, > 4 channels,
+    32-bit PIL modes) -> UserError now, not inside the first cell."""
     if _use_openslide(path):
         import openslide
 
@@ -97,12 +161,16 @@ def open_image_size(path: Path) -> tuple[int, int]:
         import tifffile
 
         with tifffile.TiffFile(path) as t:
-            shape = t.series[0].levels[0].shape
-            axes = t.series[0].levels[0].axes
+            level = t.series[0].levels[0]
+            shape, axes = tuple(level.shape), level.axes
+            _plane_axes(path, shape, axes)
+            _check_dtype(path, level.dtype)
             return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.mode in ("I", "F"):
+            raise UserError(f"{path} is a 32-bit ({im.mode}) image; {_FIX_IMAGE}")
         return im.size
 
 
@@ -214,15 +282,22 @@ class ImageTileReader:
             if self.path.suffix.lower() in (".tif", ".tiff"):
                 import tifffile
 
-                arr = tifffile.imread(self.path)
+                with tifffile.TiffFile(self.path) as t:
+                    level = t.series[0].levels[0]
+                    axes = _plane_axes(self.path, tuple(level.shape), level.axes)
+                    arr = level.asarray().reshape([n for a, n in zip(level.axes, level.shape) if n > 1 or a in "YX"])
+                arr = to_rgb8(arr, axes, self.path)
             else:
                 from PIL import Image
 
                 Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimately huge
                 with Image.open(self.path) as im:
-                    arr = np.asarray(im.convert("RGB"))
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, axis=2)
+                    if im.mode.startswith("I;16"):  # 16-bit grayscale PNG: scale, never clip or wrap
+                        arr = to_rgb8(np.asarray(im).astype(np.uint16), "YX", self.path)
+                    elif im.mode in ("I", "F"):
+                        raise UserError(f"{self.path} is a 32-bit ({im.mode}) image; {_FIX_IMAGE}")
+                    else:
+                        arr = np.asarray(im.convert("RGB"))
             _IMAGE_MEMO.clear()  # one image at a time: slides are encoded one after another
-            _IMAGE_MEMO[key] = np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False)
+            _IMAGE_MEMO[key] = np.ascontiguousarray(arr)
         return _IMAGE_MEMO[key]

@@ -4,7 +4,8 @@ Spec: ``spaceranger:path=DIR[,image=FILE,id=NAME,patient=NAME,pixel_size=UM]`` f
 ``spaceranger:manifest=FILE`` (CSV or TOML; columns ``sample_id, patient, path`` and optional
 ``image, pixel_size``) for several runs as one dataset.
 
-- Counts: ``filtered_feature_bc_matrix.h5`` (Gene Expression features only).
+- Counts: ``filtered_feature_bc_matrix.h5`` (Gene Expression features only); repeated gene
+  symbols are made unique (``GENE-1``) with a warning, or summed with ``duplicate_genes=sum``.
 - Positions: ``spatial/tissue_positions.csv`` (>= 2.0, header) or ``tissue_positions_list.csv``
   (1.x, no header), full-resolution pixels; ``spatial/scalefactors_json.json`` gives the spot
   diameter.
@@ -27,7 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from flag_bench.datasets.base import SpatialDataset
-from flag_bench.datasets.readers.build import SlidePart, file_key, finish_dataset
+from flag_bench.datasets.readers.build import (SlidePart, as_count_matrix, check_duplicate_genes, check_spots,
+                                               file_key, finish_dataset, resolve_duplicate_genes)
 from flag_bench.datasets.readers.hest import check_keys
 from flag_bench.datasets.readers.images import ImageTileReader, embedded_pixel_size, open_image_size
 from flag_bench.datasets.readers.manifest import read_manifest
@@ -36,42 +38,55 @@ from flag_bench.datasets.readers.validate import (PITCH_UM, check_coords_inside,
 from flag_bench.errors import UserError
 
 NAME = "spaceranger"
-KEYS = ("path", "image", "id", "patient", "pixel_size", "manifest")
+KEYS = ("path", "image", "id", "patient", "pixel_size", "manifest", "duplicate_genes")
 _COLUMNS = ("barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres")
 
 
-def read_10x_h5(path: Path, spec: str) -> tuple[sp.csr_matrix, np.ndarray, tuple[str, ...], tuple[str, ...]]:
-    """(counts CSR (barcodes, genes) int32, barcodes, gene names, gene ids) of a 10x HDF5 matrix."""
-    def text(a):
-        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a], dtype=object).astype(str)
+def _decode(a, what: str, spec: str) -> np.ndarray:
+    out = []
+    for i, v in enumerate(np.asarray(a).reshape(-1)):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError:
+                raise UserError(f"{spec}: {what} row {i} ({bytes(v)!r}) is not UTF-8 text; re-export the matrix with UTF-8 "
+                                "names (Space Ranger writes UTF-8)") from None
+        out.append(str(v))
+    return np.array(out, dtype=object).astype(str)
 
+
+def read_10x_h5(path: Path, spec: str, duplicate_genes: Any = None
+                ) -> tuple[sp.csr_matrix, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """(counts CSR (barcodes, genes) int32, barcodes, gene names, gene ids) of a 10x HDF5 matrix.
+
+    Repeated gene symbols (10x keeps both copies) are made unique the AnnData way with a warning,
+    or summed with ``duplicate_genes=sum``; a repeated barcode, or counts that are not raw
+    (NaN, inf, negative, non-integer, > int32) -> UserError."""
     try:
         with h5py.File(path, "r") as f:
             g = f["matrix"]
             n_genes, n_bc = (int(v) for v in g["shape"][()])
             # 10x stores (genes, barcodes) CSC: the same arrays as (barcodes, genes) CSR
             m = sp.csr_matrix((g["data"][()], g["indices"][()], g["indptr"][()]), shape=(n_bc, n_genes))
-            barcodes = text(g["barcodes"][()])
+            barcodes = _decode(g["barcodes"][()], f"{path} matrix/barcodes", spec)
             ft = g["features"]
-            names, ids = text(ft["name"][()]), text(ft["id"][()])
-            kind = text(ft["feature_type"][()]) if "feature_type" in ft else np.full(n_genes, "Gene Expression")
-    except (OSError, KeyError) as exc:
+            names = _decode(ft["name"][()], f"{path} matrix/features/name", spec)
+            ids = _decode(ft["id"][()], f"{path} matrix/features/id", spec)
+            kind = (_decode(ft["feature_type"][()], f"{path} matrix/features/feature_type", spec)
+                    if "feature_type" in ft else np.full(n_genes, "Gene Expression"))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{spec}: {path} is not a 10x feature-barcode HDF5 matrix ({type(exc).__name__}: {exc}); "
                         "give Space Ranger's filtered_feature_bc_matrix.h5") from None
+    if len(set(barcodes)) != len(barcodes):
+        dup = next(b for b, c in zip(*np.unique(barcodes, return_counts=True)) if c > 1)
+        raise UserError(f"{spec}: {path} matrix/barcodes lists {len(barcodes) - len(set(barcodes))} barcode(s) twice "
+                        f"(e.g. {dup}); give Space Ranger's matrix (one column per spot)")
     keep = np.flatnonzero(kind == "Gene Expression")
-    m = sp.csr_matrix(m[:, keep])
-    if m.data.size and not np.allclose(m.data, np.round(m.data)):
-        raise UserError(f"{spec}: {path} holds non-integer values, not raw counts; give Space Ranger's raw matrix")
-    m = sp.csr_matrix((np.round(m.data).astype(np.int32), m.indices, m.indptr), shape=m.shape)
+    m = as_count_matrix(sp.csr_matrix(m[:, keep]), spec, f"{path} matrix/data",
+                        "give Space Ranger's filtered_feature_bc_matrix.h5 (raw UMI counts)")
     names, ids = names[keep], ids[keep]
-    # gene symbols can repeat (10x keeps both copies); make them unique the way scanpy does
-    seen: dict[str, int] = {}
-    uniq = []
-    for n in names:
-        k = seen.get(n, 0)
-        uniq.append(n if k == 0 else f"{n}-{k}")
-        seen[n] = k + 1
-    return m, barcodes, tuple(uniq), tuple(ids)
+    m, genes, gene_ids = resolve_duplicate_genes(m, names, ids, duplicate_genes, spec, f"{path} matrix/features/name")
+    return m, barcodes, genes, gene_ids
 
 
 def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, float]], Path]:
@@ -81,8 +96,12 @@ def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, flo
     if not path.is_file():
         raise UserError(f"{spec}: {spatial} has neither tissue_positions.csv nor tissue_positions_list.csv; "
                         "copy the run's spatial/ folder from Space Ranger's outs/")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{spec}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "re-save it as UTF-8 or copy Space Ranger's positions file") from None
     if rows and rows[0] and rows[0][0] == "barcode":
         head, rows = rows[0], rows[1:]
         missing = [c for c in _COLUMNS if c not in head]
@@ -95,7 +114,13 @@ def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, flo
     try:
         for r in rows:
             if r:
+                if r[0] in out:
+                    raise UserError(f"{spec}: {path} lists barcode {r[0]} twice; give Space Ranger's positions file "
+                                    "(one row per spot)")
                 out[r[0]] = (float(r[ix]), float(r[iy]))
+                if not np.isfinite(out[r[0]]).all():
+                    raise UserError(f"{spec}: {path} row {r!r} has a missing or infinite pixel position; "
+                                    "give Space Ranger's positions file")
     except (IndexError, ValueError):
         raise UserError(f"{spec}: {path} row {r!r} is not barcode,in_tissue,array_row,array_col,pxl_row,pxl_col; "
                         "give Space Ranger's positions file") from None
@@ -106,11 +131,13 @@ def _outs(path: Path) -> Path:
     return path / "outs" if (path / "outs" / "spatial").is_dir() and not (path / "spatial").is_dir() else path
 
 
-def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_size: Any, spec: str) -> SlidePart:
+def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_size: Any, spec: str,
+             duplicate_genes: Any = None) -> SlidePart:
     outs = _outs(need_dir(path, spec, "Space Ranger folder", "give the run's outs/ folder"))
     matrix = need_file(outs / "filtered_feature_bc_matrix.h5", spec, "count matrix",
                        "give the run's outs/ folder (it holds filtered_feature_bc_matrix.h5)")
-    counts, barcodes, genes, gene_ids = read_10x_h5(matrix, spec)
+    counts, barcodes, genes, gene_ids = read_10x_h5(matrix, spec, duplicate_genes)
+    check_spots(len(barcodes), spec, str(matrix), f"drop run {sid} from the dataset or give its filtered matrix")
     pos, pos_path = read_positions(outs / "spatial", spec)
     missing = [b for b in barcodes if b not in pos]
     if missing:
@@ -158,16 +185,17 @@ def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_siz
 
 def load(**params: Any) -> SpatialDataset:
     spec = check_keys(NAME, params, KEYS, ())
+    dup = check_duplicate_genes(params.get("duplicate_genes"), spec)
     if (params.get("path") is None) == (params.get("manifest") is None):
         raise UserError(f"{spec}: give either path=OUTS_DIR (one run) or manifest=FILE (several runs)")
     if params.get("manifest") is not None:
-        extra = sorted(k for k in params if k != "manifest")
+        extra = sorted(k for k in params if k not in ("manifest", "duplicate_genes"))
         if extra:
             raise UserError(f"{spec}: with manifest= put {', '.join(extra)} in the manifest's columns")
         rows = read_manifest(Path(str(params["manifest"])).expanduser(), spec, ("sample_id", "patient", "path"),
                              ("image", "pixel_size"), ("path", "image"))
         parts = [read_run(sid=r["sample_id"], patient=r["patient"], path=Path(r["path"]), image=r.get("image") or None,
-                          pixel_size=r.get("pixel_size") or None, spec=spec) for r in rows]
+                          pixel_size=r.get("pixel_size") or None, spec=spec, duplicate_genes=dup) for r in rows]
         known = True
     else:
         path = Path(str(params["path"])).expanduser()
@@ -175,7 +203,7 @@ def load(**params: Any) -> SpatialDataset:
         known = params.get("patient") is not None
         parts = [read_run(sid=sid, patient=str(params.get("patient") or sid), path=path,
                           image=None if params.get("image") is None else str(params["image"]),
-                          pixel_size=params.get("pixel_size"), spec=spec)]
+                          pixel_size=params.get("pixel_size"), spec=spec, duplicate_genes=dup)]
     return finish_dataset(parts, name=NAME, spec=spec, platform="Visium", organism="unknown",
                           corpora=(), patients_known=known,
                           meta={"patient_source": "given" if known else "unknown: each run is its own patient"})

@@ -34,7 +34,7 @@ def need_dir(path: Path, spec: str, what: str, fix: str) -> Path:
 def read_json(path: Path, spec: str) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{spec}: {path} is not valid JSON ({type(exc).__name__}); fix or replace the file") from None
     if not isinstance(data, dict):
         raise UserError(f"{spec}: {path} must hold a JSON object; fix or replace the file")

@@ -122,11 +122,13 @@ def embed(
             raise UserError(f"--patch-um {patch_um:g} --patch-px {patch_px}: both must be positive")
         patch = PatchSpec(float(patch_um), int(patch_px))
         _, ds, warned = _load(spec)
-        limits = [getattr(s.tile_reader, "max_field_um", None) for s in ds.slides if s.tile_reader is not None]
-        limit = min((v for v in limits if v is not None), default=None)
-        if limit is not None and patch.size_um > limit + 1e-6:
-            raise UserError(f"--patch-um {patch_um:g}: dataset {spec} stores patches of at most {limit:g} um; "
-                            f"use --patch-um {limit:g} or less")
+        from flag_bench.datasets.readers.images import field_limit
+
+        # the run's check (plan.py): one source pixel over the stored field is tolerated (HEST's cut)
+        limit, tol = field_limit([s.tile_reader for s in ds.slides])
+        if limit is not None and patch.size_um > limit + tol + 1e-6:
+            raise UserError(f"--patch-um {patch_um:g}: dataset {spec} stores patches of at most {limit:g} um "
+                            f"(+{tol:.3g} um tolerated); use --patch-um {limit + tol:g} or less")
         missing = [s.id for s in ds.slides if s.tile_reader is None]
         if missing:
             raise UserError(f"dataset {spec}: slide(s) {', '.join(missing)} have no image or patches; "
