@@ -70,6 +70,7 @@ class Driver:
             prov = {**provenance("cpu"), "device": device, "device_name": f"{device} on a {cfg.executor} node"}
         else:
             prov = provenance(device)
+        prov = code_provenance(prov)
         plan = plan_grid(cfg, device=device, provenance=prov, results_dir=cfg.results_dir, cache_dir=self.cache_dir)
         with self.store.creation_lock():
             tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite, warn=self._warn)
@@ -203,15 +204,58 @@ class Driver:
 
 
 def persist(store: ResultsStore, tracker, rec: CellRecord, parent_run_id: str | None) -> Path:
-    """Store first (the source of truth), then MLflow; the claim goes once both are done. A record
-    already stored and logged (collected twice) is written nowhere again."""
-    if rec.ok and store.finished(rec.cell_id) and store.logged_run_id(rec.cell_id, tracker.uri):
-        store.release(rec.cell_id, force=True)
-        return store.record_path(rec.cell_id)
+    """Store first (the source of truth), then MLflow; the claim goes once both are done.
+
+    A record already stored and logged (collected twice) is written nowhere again. A recomputed
+    record (``--force``) replaces the stored one: the cell's MLflow markers are dropped before the
+    write (a crash in between only means logging it again), the new run is logged, and the run
+    that logged the old record is tagged superseded (the report no longer reads it)."""
+    old = store.finished(rec.cell_id) if rec.ok else None
+    old_run = store.logged_run_id(rec.cell_id, tracker.uri) if old is not None else None
+    if old is not None and same_computation(old, rec):
+        if old_run:
+            store.release(rec.cell_id, force=True)
+            return store.record_path(rec.cell_id)
+    elif old is not None:
+        store.forget_logged(rec.cell_id)
     path = store.write(rec)
     run_id = tracker.safely(f"logging cell {rec.cell_id}", tracker.log_record, rec,
                             store.artifact_dir(rec.cell_id) if rec.ok else None, parent_run_id)
     if rec.ok and run_id:
         store.mark_logged(rec.cell_id, tracker.uri, run_id)
+        if old_run and old_run != run_id:
+            tracker.safely(f"marking the old run of cell {rec.cell_id} superseded", tracker.supersede,
+                           old_run, run_id)
     store.release(rec.cell_id, force=True)
     return path
+
+
+def same_computation(a: CellRecord, b: CellRecord) -> bool:
+    """Two copies of one computation (a SLURM task collected twice: only the scheduler's
+    accounting may differ), not a recomputation (whose timings always differ)."""
+    def key(r: CellRecord) -> dict:
+        d = r.to_json()
+        d["provenance"] = {k: v for k, v in d["provenance"].items() if k != "scheduler"}
+        return d
+
+    return key(a) == key(b)
+
+
+def code_provenance(prov: dict) -> dict:
+    """``prov`` plus ``git_diff_sha256`` when the git checkout has uncommitted changes: two runs
+    at one commit with different local edits (a method fixed but not committed) then carry
+    different code versions, and the report can say its rows come from different code."""
+    import hashlib
+    import subprocess
+
+    if not (prov.get("git_commit") and prov.get("git_dirty")):
+        return prov
+    src = Path(__file__).resolve().parent.parent
+    try:
+        diff = subprocess.run(["git", "-C", str(src), "diff", "HEAD", "--no-color", "--no-ext-diff"],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return prov
+    if diff.returncode != 0:
+        return prov
+    return {**prov, "git_diff_sha256": hashlib.sha256(diff.stdout).hexdigest()}

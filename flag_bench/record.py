@@ -152,6 +152,23 @@ class CellRecord:
         return row
 
 
+def code_version(provenance: Mapping[str, Any]) -> str | None:
+    """The code a record was computed with, as one label: the flag-bench version, the git commit
+    (where the package runs from a checkout) and a digest of uncommitted changes; None when the
+    record names no version."""
+    version = provenance.get("flag_bench") if isinstance(provenance, Mapping) else None
+    if not version:
+        return None
+    label = str(version)
+    commit = provenance.get("git_commit")
+    if commit:
+        label += f" @ {str(commit)[:12]}"
+        if provenance.get("git_dirty"):
+            digest = provenance.get("git_diff_sha256")
+            label += f"+changes {str(digest)[:8]}" if digest else "+changes"
+    return label
+
+
 def _tuples(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(_tuples(x) for x in v)

@@ -72,6 +72,9 @@ def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, 
     for k in sorted({k for v in per_slide.values() for k in v}):
         arr = np.array([per_slide[s].get(k, np.nan) for s in per_slide], dtype=np.float64)
         cell[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+        # a slide whose score is NaN is left out of the mean: say over how many slides it is
+        notes[f"n_slides.{k}"] = int(arr.size)
+        notes[f"n_nan_slides.{k}"] = int(np.isnan(arr).sum())
     yp = np.concatenate([p.astype(np.float64) for p in preds])
     yt = np.concatenate([y.astype(np.float64) for y in truths])
     pooled_ctx = SlideContext("pooled", None, test.genes, seed, None, target_transform=target_transform)

@@ -14,8 +14,10 @@ Layout under the results dir:
                                          planned cells that never finished)
     .flag-bench.lock                     held while the store and the MLflow database are created
 
-Every file is written atomically (flag_bench.io), so Ctrl-C or kill -9 leaves either the
-previous state or the complete new file. Nothing here deletes results. Only the driver writes
+Every file is written atomically (flag_bench.io), so Ctrl-C, kill -9 or a full disk leaves either
+the previous state or the complete new file; a write that fails (disk full, quota, read-only) is
+a one-line UserError naming the file. Nothing here deletes results; a ``--force`` rerun replaces
+a cell's record (and its stale ``.mlflow`` marker) with the recomputed one. Only the driver writes
 records; workers write artifacts under ``artifacts/<cell_id>/``.
 """
 
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flag_bench.errors import UserError, one_line
-from flag_bench.io import atomic_write_json
+from flag_bench.io import atomic_write_json, user_error_on_oserror
 from flag_bench.record import CellRecord
 
 
@@ -96,13 +98,14 @@ class ResultsStore:
         return rec if rec.ok else None
 
     def write(self, record: CellRecord) -> Path:
-        """A finished record replaces nothing but an older copy of itself; a failure is kept apart."""
+        """A finished record replaces nothing but an older record of its cell (a ``--force``
+        rerun); a failure is kept apart."""
         if record.ok:
             path = self.record_path(record.cell_id)
         else:
             stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**6}"
             path = self.cells / f"{record.cell_id}.failed-{stamp}.json"
-        atomic_write_json(path, record.to_json())
+        _write_json(path, record.to_json())
         return path
 
     def records(self, include_failed: bool = False) -> Iterator[CellRecord]:
@@ -126,8 +129,8 @@ class ResultsStore:
     def write_plan(self, grid_spec: dict, cells: list[dict]) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
         path = self.root / "plans" / f"{stamp}.json"
-        atomic_write_json(path, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "grid_spec": grid_spec,
-                                 "cells": cells})
+        _write_json(path, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "grid_spec": grid_spec,
+                           "cells": cells})
         return path
 
     def plans(self) -> list[dict]:
@@ -168,8 +171,8 @@ class ResultsStore:
         """This process's claim now belongs to a SLURM array task: it outlives this process and
         stays live while squeue lists the job (a scancelled or finished job's claim is stale)."""
         path = self.claims / f"{cell_id}.claim"
-        atomic_write_json(path, {"pid": None, "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
-                                 "slurm_job": slurm_job})
+        _write_json(path, {"pid": None, "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
+                           "slurm_job": slurm_job})
 
     def holder(self, cell_id: str) -> dict | None:
         """The claim on a cell if a live process or SLURM job holds it, else None."""
@@ -213,7 +216,19 @@ class ResultsStore:
             except ValueError:
                 data = {}
         data[tracking_uri] = run_id
-        atomic_write_json(path, data)
+        _write_json(path, data)
+
+    def forget_logged(self, cell_id: str) -> None:
+        """The cell's record is about to be replaced: its MLflow runs (for every tracking URI) log
+        the old one, so the next sync logs it again (and marks the old runs superseded)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.mlflow_marker(cell_id).unlink()
+
+
+def _write_json(path: Path, obj) -> None:
+    """An atomic write into the store; a full disk (or any OSError) is a one-line UserError."""
+    with user_error_on_oserror(path):
+        atomic_write_json(path, obj)
 
 
 def _read_claim(path: Path) -> dict | None:

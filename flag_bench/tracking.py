@@ -11,6 +11,14 @@ plots, and what ``decode_run`` turns back into ``CellRecord.to_row()`` exactly),
 returns them for thousands of runs, where fetching an artifact per run is one file copy or HTTP
 request each. A record that params cannot hold exactly (a value over MLflow's length limits, two
 names that sanitise to one key) is tagged ``row_source = record.json`` and read from the artifact.
+
+A cell recomputed with ``--force`` gets a new run; the run of the record it replaced is tagged
+``flag_bench.superseded_by = <new run id>`` and no report reads it. Each cell run is tagged with
+the code version its record was computed with (``flag_bench.code_version``).
+
+The local artifact store is ``<results-dir>/mlartifacts``, recorded as an absolute path in the
+experiment. A results dir copied or moved elsewhere keeps working: new runs put their artifacts
+under the results dir they are logged into, and the report finds them there (leaderboard.sources).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from flag_bench import PROTOCOL_VERSION
 from flag_bench.errors import UserError, one_line
 from flag_bench.methods.oracles import is_oracle
 from flag_bench.methods.roles import role_of
-from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, jsonable
+from flag_bench.record import (COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, code_version,
+                               jsonable)
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 # MLflow's limits (mlflow.utils.validation): values are refused or cut beyond these
@@ -39,6 +48,8 @@ _DBL_MAX = 1.7976931348623157e308
 T_LEVEL, T_CELL, T_STATUS, T_FINISHED = "flag_bench.level", "flag_bench.cell_id", "flag_bench.status", "flag_bench.finished"
 T_SCHEMA, T_SOURCE, T_NAMES = "flag_bench.schema_version", "flag_bench.row_source", "flag_bench.score_names"
 T_ERROR, T_STAGE = "flag_bench.error", "flag_bench.error_stage"
+T_VERSION, T_SUPERSEDED = "flag_bench.code_version", "flag_bench.superseded_by"
+ARTIFACT_ROOT = "mlartifacts"  # under the results dir, for a local (SQLite) store
 RECORD_ARTIFACT, TRACEBACK_ARTIFACT = "record.json", "traceback.txt"
 
 
@@ -135,6 +146,9 @@ def encode(rec: CellRecord) -> Encoded:
     exact = exact and len(metrics) == n_keys and len(names) <= _TAG_LEN  # no two names share a key
     tags = {T_FINISHED: rec.finished, T_SCHEMA: str(rec.schema_version),
             T_SOURCE: "params" if exact else RECORD_ARTIFACT, T_NAMES: names if exact else "{}"}
+    version = code_version(rec.provenance)
+    if version:
+        tags[T_VERSION] = _value(version, _TAG_LEN)
     # the method's own report (epochs run, final loss): tags, apart from the method.<field> params
     tags.update({f"summary.{mlflow_key(k)}": _value(v, _TAG_LEN) for k, v in rec.method.summary.items()})
     if rec.error is not None:
@@ -167,6 +181,20 @@ def decode_run(run, client) -> tuple[dict[str, Any], dict[str, dict[str, float]]
             row[k] = int(m[k]) if k in INT_COLUMNS else _metric(m, k)
     per_slide = {s: {k: _metric(m, slide_key(s, k)) for k in ks} for s, ks in names["slides"].items()}
     return row, per_slide
+
+
+def file_path(uri: str | None) -> Path | None:
+    """The local path of a ``file://`` URI (or a plain path); None for any other scheme."""
+    from urllib.parse import unquote, urlparse
+
+    if not uri:
+        return None
+    u = urlparse(uri)
+    if u.scheme == "file":
+        return Path(unquote(u.path))
+    if u.scheme == "" or (len(u.scheme) == 1 and uri[1:3] in (":/", ":\\")):  # a path (Windows drive too)
+        return Path(uri)
+    return None
 
 
 def download(client, run_id: str, name: str, dst: str | Path) -> Path:
@@ -229,8 +257,21 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
         self.client = open_client(uri)
         # a server stores artifacts where its --artifacts-destination says; a local store beside results
-        art = None if is_server(uri) else (Path(results_dir).resolve() / "mlartifacts").as_uri()
+        art = None if is_server(uri) else (Path(results_dir).resolve() / ARTIFACT_ROOT).as_uri()
         self.experiment_id = _experiment_id(self.client, experiment_name(suite), art)
+        self.artifact_root = self._moved_artifact_root(results_dir)
+
+    def _moved_artifact_root(self, results_dir: Path) -> Path | None:
+        """``<results-dir>/mlartifacts`` when this results dir's own database records the artifact
+        store at another absolute path (the dir was copied or moved there): MLflow would keep
+        writing artifacts to the old place, so runs put theirs under this results dir instead."""
+        if self.uri != default_tracking_uri(results_dir):
+            return None
+        here = Path(results_dir).resolve() / ARTIFACT_ROOT
+        recorded = file_path(self.client.get_experiment(self.experiment_id).artifact_location)
+        if recorded is None or recorded.name != ARTIFACT_ROOT or recorded == here:
+            return None
+        return here
 
     def safely(self, what: str, fn, *args, **kwargs):
         """Call a logging method; on failure warn once, go offline and return None."""
@@ -290,19 +331,43 @@ class Tracker:
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         enc = encode(rec)
         self._log(run_id, enc.metrics, enc.params, enc.tags, step=int(c.n_genes))
-        if artifact_dir is not None and Path(artifact_dir).is_dir():
-            self.client.log_artifacts(run_id, str(artifact_dir))
-        self.client.log_text(run_id, rec.dumps(), RECORD_ARTIFACT)
+        texts = {RECORD_ARTIFACT: rec.dumps()}
         if rec.error is not None:
-            self.client.log_text(run_id, rec.error.traceback, TRACEBACK_ARTIFACT)
+            texts[TRACEBACK_ARTIFACT] = rec.error.traceback
+        if self.artifact_root is not None:
+            self._put_artifacts(self.artifact_root / run_id / "artifacts", artifact_dir, texts)
+        else:
+            if artifact_dir is not None and Path(artifact_dir).is_dir():
+                self.client.log_artifacts(run_id, str(artifact_dir))
+            for name, text in texts.items():
+                self.client.log_text(run_id, text, name)
         # the report reads terminated runs only, so a run cut short here is never half-read
         self.client.set_terminated(run_id, status="FINISHED" if rec.ok else "FAILED")
         return run_id
 
+    def _put_artifacts(self, dst: Path, artifact_dir: Path | None, texts: Mapping[str, str]) -> None:
+        """A run's artifacts written straight into this results dir's artifact store (see
+        ``_moved_artifact_root``), where MLflow's local repository would have put them."""
+        import shutil
+
+        from flag_bench.io import atomic_write_bytes
+
+        dst.mkdir(parents=True, exist_ok=True)
+        if artifact_dir is not None and Path(artifact_dir).is_dir():
+            shutil.copytree(artifact_dir, dst, dirs_exist_ok=True)
+        for name, text in texts.items():
+            atomic_write_bytes(dst / name, text.encode())
+
+    def supersede(self, old_run_id: str, new_run_id: str) -> None:
+        """The old run logged a record that a recomputation replaced: tag it, the report skips it."""
+        self.client.set_tag(old_run_id, T_SUPERSEDED, new_run_id)
+
     def sync(self, store) -> int:
         """Log finished records whose MLflow run is missing (a run killed between the two writes,
-        a server that was down). A cell the server already has as a finished run is only marked,
-        and runs a dead writer left unfinished are deleted, so each cell has one run."""
+        a server that was down, a ``--force`` rerun logged while it was). A cell the server already
+        has as a finished run of this very record is only marked; its other runs are tagged
+        superseded and runs a dead writer left unfinished are deleted, so each cell has one run
+        the report reads."""
         missing = [rec for rec in store.records()
                    # a cell claimed by a live run is that run's to log (it may be between the two writes)
                    if not store.logged_run_id(rec.cell_id, self.uri) and not store.busy(rec.cell_id)]
@@ -313,18 +378,24 @@ class Tracker:
         for rec in missing:
             for run_id in unfinished.get(rec.cell_id, ()):
                 self.client.delete_run(run_id)
-            run_id = finished.get(rec.cell_id)
+            runs = finished.get(rec.cell_id, [])
+            run_id = next((r for r, key in runs if key == _identity(rec.finished, rec.costs.get("total_seconds"))),
+                          None)
             if run_id is None:
                 run_id = self.log_record(rec, store.artifact_dir(rec.cell_id), None)
                 n += 1
+            for other, _ in runs:
+                if other != run_id:
+                    self.supersede(other, run_id)
             store.mark_logged(rec.cell_id, self.uri, run_id)
         return n
 
-    def cell_runs(self) -> tuple[dict[str, str], dict[str, list[str]]]:
-        """({cell_id: run id of its finished ok run}, {cell_id: [run ids never terminated]})."""
+    def cell_runs(self) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[str]]]:
+        """({cell_id: [(run id, _identity of its record) of each finished ok run not superseded]},
+        {cell_id: [run ids never terminated]})."""
         from mlflow.entities import ViewType
 
-        finished: dict[str, str] = {}
+        finished: dict[str, list[tuple[str, str]]] = defaultdict(list)
         unfinished: dict[str, list[str]] = defaultdict(list)
         runs = paged(lambda t: self.client.search_runs([self.experiment_id], f"tags.`{T_LEVEL}` = 'cell'",
                                                        run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
@@ -334,10 +405,12 @@ class Tracker:
             if cid is None:
                 continue
             if status == "FINISHED" and run.data.tags.get(T_STATUS) == "ok":
-                finished.setdefault(cid, run.info.run_id)
+                if T_SUPERSEDED not in run.data.tags:
+                    key = _identity(run.data.tags.get(T_FINISHED, ""), run.data.metrics.get("total_seconds"))
+                    finished[cid].append((run.info.run_id, key))
             elif status in ("RUNNING", "SCHEDULED"):
                 unfinished[cid].append(run.info.run_id)
-        return finished, dict(unfinished)
+        return dict(finished), dict(unfinished)
 
     # -- curves ------------------------------------------------------------------------------
     def log_curves(self, parent_id: str, records: Iterable[CellRecord]) -> None:
@@ -361,6 +434,11 @@ class Tracker:
         for g, metrics in sorted(by_step.items()):
             self._log(parent_id, metrics=metrics, step=g)
         self._log(parent_id, tags=labels)
+
+
+def _identity(finished: str, total_seconds) -> tuple:
+    """Which computation a record is: its finish time (to the second) and its measured run time."""
+    return finished, None if total_seconds is None else float(total_seconds)
 
 
 def _stderr(message: str) -> None:

@@ -1,7 +1,8 @@
 """Warnings a reader must see beside a dataset's scores, for every report format: a within-patient
 split, a gene panel chosen with the test slides, an encoder or method pretrained on the
 benchmark's own corpus, folds of several splits or encoders pooled in one row, oracle rows
-computed from the truth."""
+computed from the truth, rows computed by different code versions, cells whose mean left out a
+test slide with a NaN score."""
 
 from __future__ import annotations
 
@@ -41,7 +42,49 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if nulls:
         flags.append(f"null control rows ({', '.join(nulls)}) ignore the image or misplace expression: they show what "
                      "a metric gives a prediction that is wrong by construction; never ranked")
+    flags.extend(_code_versions(res, g))
+    flags.extend(_nan_slides(res, g))
     return tuple(flags)
+
+
+def _code_versions(res, g) -> list[str]:
+    """Rows computed by different code (a method fixed between runs, a newer flag-bench)."""
+    versions = getattr(res, "code_versions", None)
+    if versions is None:
+        return []
+    from collections import Counter
+
+    known = versions()
+    counts = Counter(known.get(cid) or "not recorded" for cid in g["cell_id"])
+    if len(counts) < 2 or set(counts) == {"not recorded"}:
+        return []
+    listed = "; ".join(f"{v}: {n} cell(s)" for v, n in sorted(counts.items()))
+    return [f"cells computed by {len(counts)} code versions ({listed}): rows may not be comparable; rerun the "
+            "older cells with `flag-bench run --force`"]
+
+
+def _nan_slides(res, g) -> list[str]:
+    """Rows with a cell whose mean over the test slides left out a slide with a NaN score."""
+    nan_slides = getattr(res, "nan_slides", None)
+    if nan_slides is None:
+        return []
+    rows: dict[str, list] = {}
+    for r in g.itertuples():
+        left = nan_slides(r.cell_id)
+        if left:
+            label = f"{r.method} ({r.config_label})" if r.config_label else str(r.method)
+            entry = rows.setdefault(label, [0, set()])
+            entry[0] += 1
+            entry[1].update(left)
+    if not rows:
+        return []
+    parts = []
+    for label, (n, scores) in sorted(rows.items()):
+        names = sorted(scores)
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        parts.append(f"{label}: {n} cell(s), {shown}")
+    return ["fewer test slides averaged than the cells have (a slide's score was NaN and left out of the "
+            "cell's mean): " + "; ".join(parts)]
 
 
 def all_flags(res, frame) -> dict[str, tuple[str, ...]]:

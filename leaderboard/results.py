@@ -14,6 +14,8 @@ columns (ROW_COLUMNS, the scores sorted by name, then COST_COLUMNS), dtypes and 
     res.where(Filter(...))    the same API over a subset (--datasets, --methods, --genes, --since)
     res.finished_at(cell_id)  when the cell's record was written (ISO text)
     res.panel_stats(cell_id)  the cell's panel statistics (panel.stats of its record)
+    res.code_versions()       cell_id -> the code version its record was computed with (None: unknown)
+    res.nan_slides(cell_id)   score -> (test slides whose score is NaN, test slides), where some are
 """
 
 from __future__ import annotations
@@ -125,6 +127,22 @@ class Results:
             self._panels[panel_id] = dict(rec.panel.stats) if rec.panel is not None else {}
         return self._panels[panel_id]
 
+    def code_versions(self) -> dict[str, str | None]:
+        """cell_id -> ``record.code_version`` of each finished cell here (None: not recorded)."""
+        versions = self._loaded.versions
+        return {cid: versions.get(cid) for cid in self._frame["cell_id"]}
+
+    def nan_slides(self, cell_id: str) -> dict[str, tuple[int, int]]:
+        """score -> (test slides whose score is NaN, test slides) for the scores whose cell mean left
+        out some, not all, of the cell's slides (the mean then stands on fewer slides than it has)."""
+        slides = self._loaded.per_slide.get(cell_id) or {}
+        out = {}
+        for k in sorted({k for d in slides.values() for k in d}):
+            n_nan = sum(1 for d in slides.values() if math.isnan(float(d.get(k, math.nan))))
+            if 0 < n_nan < len(slides):
+                out[k] = (n_nan, len(slides))
+        return out
+
     def frame(self):
         return self._frame.copy()
 
@@ -184,4 +202,4 @@ def load_results(results_dir: str | Path, *, source: ResultSource | str = Result
         return Results(from_store(results_dir, suite))
     if tracking_uri is None and not db.exists():
         raise UserError(f"--results-dir {results_dir}: no mlflow.db here; use --source store or --tracking-uri")
-    return Results(from_mlflow(tracking_uri or default_tracking_uri(results_dir), suite))
+    return Results(from_mlflow(tracking_uri or default_tracking_uri(results_dir), suite, results_dir))

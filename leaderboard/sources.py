@@ -5,8 +5,12 @@ exactly from MLflow by ``flag_bench.tracking.decode_run``), their scores per sli
 cells, and a way to fetch a cell's artifact file. Everything after this (``results.py``) never
 asks which source it reads, which is what makes the two reports identical.
 
-Both sides keep one run of a cell: its latest finished record (a ``--force`` rerun or a re-sync
-logs a cell again), and list a cell as failed only when it has no finished record.
+Both sides keep one run of a cell: its latest finished record (a ``--force`` rerun replaces the
+store's record and tags the MLflow run it replaces superseded, which is never read), and list a
+cell as failed only when it has no finished record.
+
+A results dir can be copied or moved: MLflow records the local artifact store as an absolute
+path, so a run's artifacts are looked up under ``<results-dir>/mlartifacts`` first.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ class Loaded:
     finished: dict[str, str] = field(default_factory=dict)  # cell_id -> the record's finish time
     # cell_id -> its full CellRecord (what the row leaves out: panel stats); MLflow fetches an artifact
     record: Callable[[str], CellRecord] | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)  # cell_id -> record.code_version (None: unknown)
 
 
 # -- the results store --------------------------------------------------------------------------
 def from_store(results_dir: Path, suite: str | None) -> Loaded:
-    from flag_bench.store import ResultsStore
     from flag_bench.errors import one_line
+    from flag_bench.record import code_version
+    from flag_bench.store import ResultsStore
 
     store = ResultsStore(results_dir)
     mine = (lambda rec: True) if suite is None else (lambda rec: rec.protocol.get("suite") == suite)
@@ -67,7 +73,7 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
     return Loaded(ResultSource.STORE, [rec.to_row() for rec in finished],
                   {rec.cell_id: {s: dict(d) for s, d in rec.scores_per_slide.items()} for rec in finished},
                   failures, fetch, finished={rec.cell_id: rec.finished for rec in finished},
-                  record=by_id.__getitem__)
+                  record=by_id.__getitem__, versions={rec.cell_id: code_version(rec.provenance) for rec in finished})
 
 
 # -- MLflow -------------------------------------------------------------------------------------
@@ -79,7 +85,7 @@ def _suite_of(experiment: str) -> str | None:
 def _cell_runs(client, suite: str | None) -> list:
     from mlflow.entities import ViewType
 
-    from flag_bench.tracking import paged
+    from flag_bench.tracking import T_SUPERSEDED, paged
 
     exps = [e.experiment_id
             for e in paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=t))
@@ -88,8 +94,9 @@ def _cell_runs(client, suite: str | None) -> list:
         return []
     runs = paged(lambda t: client.search_runs(exps, filter_string="tags.`flag_bench.level` = 'cell'",
                                                max_results=5000, page_token=t))
-    # a run still RUNNING was cut short while being logged; the store re-logs that cell
-    return [r for r in runs if r.info.status in ("FINISHED", "FAILED")]
+    # a run still RUNNING was cut short while being logged; the store re-logs that cell. A superseded
+    # run logged a record that a --force rerun replaced
+    return [r for r in runs if r.info.status in ("FINISHED", "FAILED") and T_SUPERSEDED not in r.data.tags]
 
 
 def _latest(runs: list) -> dict[str, Any]:
@@ -100,9 +107,11 @@ def _latest(runs: list) -> dict[str, Any]:
     return out
 
 
-def from_mlflow(uri: str, suite: str | None) -> Loaded:
-    from flag_bench.tracking import (RECORD_ARTIFACT, T_ERROR, T_FINISHED, T_STAGE, T_STATUS, TRACEBACK_ARTIFACT,
-                                     decode_run, download, fetch_record, open_client)
+def from_mlflow(uri: str, suite: str | None, results_dir: Path | None = None) -> Loaded:
+    """``results_dir``: where the MLflow database's results dir is now (its ``mlartifacts`` is
+    read in place, wherever the database recorded it)."""
+    from flag_bench.tracking import (RECORD_ARTIFACT, T_ERROR, T_FINISHED, T_STAGE, T_STATUS, T_VERSION,
+                                     TRACEBACK_ARTIFACT, decode_run, download, fetch_record, open_client)
 
     client = open_client(uri)
     runs = _cell_runs(client, suite)
@@ -116,12 +125,13 @@ def from_mlflow(uri: str, suite: str | None) -> Loaded:
     for cell_id, run in bad.items():
         if cell_id not in ok:
             tags = run.data.tags
+            where = relocated(run.info.artifact_uri, results_dir)
             failures.append(Failure(decode_run(run, client)[0], tags.get(T_STAGE, ""), tags.get(T_ERROR, ""),
-                                    f"{run.info.artifact_uri}/{TRACEBACK_ARTIFACT}", tags.get(T_FINISHED, "")))
+                                    f"{where}/{TRACEBACK_ARTIFACT}", tags.get(T_FINISHED, "")))
     tmp = tempfile.TemporaryDirectory(prefix="flag-bench-artifacts-")
 
     def fetch(cell_id: str, name: str) -> Path:
-        local = local_artifact(ok[cell_id].info.artifact_uri, name)
+        local = local_artifact(relocated(ok[cell_id].info.artifact_uri, results_dir), name)
         if local is not None:
             return local
         dst = Path(tmp.name) / cell_id
@@ -135,13 +145,29 @@ def from_mlflow(uri: str, suite: str | None) -> Loaded:
                             f"({type(exc).__name__})") from None
 
     def record(cell_id: str) -> CellRecord:
-        local = local_artifact(ok[cell_id].info.artifact_uri, RECORD_ARTIFACT)
+        local = local_artifact(relocated(ok[cell_id].info.artifact_uri, results_dir), RECORD_ARTIFACT)
         if local is None:
             return fetch_record(client, ok[cell_id].info.run_id)
         return CellRecord.loads(local.read_text(), where=f"MLflow run {ok[cell_id].info.run_id} {RECORD_ARTIFACT}")
 
     return Loaded(ResultSource.MLFLOW, rows, per_slide, failures, fetch, keep=tmp,
-                  finished={cid: run.data.tags.get(T_FINISHED, "") for cid, run in ok.items()}, record=record)
+                  finished={cid: run.data.tags.get(T_FINISHED, "") for cid, run in ok.items()}, record=record,
+                  versions={cid: run.data.tags.get(T_VERSION) for cid, run in ok.items()})
+
+
+def relocated(artifact_uri: str, results_dir: Path | None) -> str:
+    """A run's local artifact folder as found under ``results_dir`` now: MLflow records
+    ``<results-dir>/mlartifacts/<run id>/artifacts`` with the absolute path of the time, which a
+    copied or moved results dir no longer has. The folder under ``results_dir`` wins when it
+    exists (a copy's own artifacts); otherwise the URI as recorded (a remote store, another place)."""
+    from flag_bench.tracking import ARTIFACT_ROOT, file_path
+
+    path = file_path(artifact_uri)
+    if path is None or results_dir is None or ARTIFACT_ROOT not in path.parts:
+        return artifact_uri
+    i = len(path.parts) - 1 - path.parts[::-1].index(ARTIFACT_ROOT)
+    here = Path(results_dir).resolve().joinpath(ARTIFACT_ROOT, *path.parts[i + 1:])
+    return here.as_uri() if here.is_dir() else artifact_uri
 
 
 def local_artifact(artifact_uri: str, name: str) -> Path | None:
