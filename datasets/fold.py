@@ -25,6 +25,7 @@ from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
 from flag_bench.datasets.embed_cache import SlideRef, get_embeddings, is_cached
 from flag_bench.datasets.encoders import Encoder
 from flag_bench.datasets.image import EncoderSource, SlideImage
+from flag_bench.datasets.memo import ByteMemo
 from flag_bench.datasets.panels import GenePanel, PanelSelector, selector_key
 from flag_bench.datasets.splits import Fold
 from flag_bench.datasets.views import SlideInput, TestData, TrainData, TrainSlide
@@ -100,9 +101,11 @@ class FoldBuilder:
         self.device = device
         self.cache_dir = cache_dir
         self._encoders = EncoderSource(encoder, encoder_resolver)
-        self._panels: dict[tuple, GenePanel] = {}
-        self._expression: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        self._library: dict[str, np.ndarray] = {}
+        self._panels: dict[tuple, GenePanel] = {}  # small: gene indices and statistics
+        # (panel, slide, transform) -> (counts, targets) and slide -> library: bounded in bytes
+        # with the process's other memos (datasets/memo.py); a forgotten entry is recomputed
+        self._expression = ByteMemo("fold expression")
+        self._library = ByteMemo("spot libraries")
 
     def panel(self, spec: FoldSpec, selector: PanelSelector) -> GenePanel:
         """The fold's panel: fitted on every non-test slide, in dataset order, once."""
@@ -155,19 +158,21 @@ class FoldBuilder:
     def _slide_expression(self, panel: GenePanel, sid: str, how: TargetTransform) -> tuple[np.ndarray, np.ndarray]:
         """Read-only (int32 panel counts, float32 targets) of one slide, memoised."""
         key = (panel.index, sid, how)
-        if key not in self._expression:
-            s = self.ds.slide(sid)
-            counts = s.counts[:, np.asarray(panel.index)].toarray().astype(np.int32)
-            targets = transform_counts(counts, self._library_of(s), how)
-            counts.setflags(write=False)
-            targets.setflags(write=False)
-            self._expression[key] = (counts, targets)
-        return self._expression[key]
+        hit = self._expression.get(key)
+        if hit is not None:
+            return hit
+        s = self.ds.slide(sid)
+        counts = s.counts[:, np.asarray(panel.index)].toarray().astype(np.int32)
+        targets = transform_counts(counts, self._library_of(s), how)
+        counts.setflags(write=False)
+        targets.setflags(write=False)
+        return self._expression.put(key, (counts, targets))
 
     def _library_of(self, s: Slide) -> np.ndarray:
-        if s.id not in self._library:
-            self._library[s.id] = np.asarray(s.counts.sum(axis=1)).ravel()
-        return self._library[s.id]
+        hit = self._library.get(s.id)
+        if hit is not None:
+            return hit
+        return self._library.put(s.id, np.asarray(s.counts.sum(axis=1)).ravel())
 
     def _inputs(self, sid: str, embeddings: bool) -> dict:
         """SlideInput fields. Only copies and image access leave here: never the Slide itself,
@@ -183,7 +188,7 @@ class FoldBuilder:
     def _image(self, s: Slide) -> SlideImage | None:
         if s.tile_reader is None:
             return None
-        return SlideImage(ref=SlideRef(self.ds.name, self.ds.version, s.id, s.n_spots), reader=s.tile_reader,
+        return SlideImage(ref=SlideRef.of(self.ds, s.id), reader=s.tile_reader,
                           coords_um=s.coords_um, patch=self.patch, encoders=self._encoders,
                           device=self.device, cache_dir=self.cache_dir)
 

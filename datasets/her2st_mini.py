@@ -61,6 +61,11 @@ class JpegTileReader:
     def max_field_um(self) -> float:
         return self.stored_um
 
+    def fingerprint(self, slide_id: str) -> str:
+        """The embedding cache's identity of a slide's patch source: the data file's content hash
+        (not its path or mtime: a reinstall reads the same cache) and the stored field."""
+        return f"her2st-mini-jpeg|{file_version(self.path)}|{slide_id}|{self.stored_um!r}|{self.stored_px}"
+
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         """uint8 (n_spots or len(spots), size_px, size_px, 3); ``spots`` are sorted indices."""
         from PIL import Image

@@ -148,6 +148,13 @@ class SyntheticTileReader:
         self.stain = stain  # slide id -> (3,) per-patient multiplicative stain factor
         self.seed = seed
 
+    def fingerprint(self, slide_id: str) -> str:
+        """The embedding cache's identity of a slide's tiles: everything they are rendered from."""
+        h = hashlib.sha256(f"synthetic-tiles|{GENERATOR_VERSION}|{self.seed}|{slide_id}".encode())
+        h.update(np.ascontiguousarray(self.states[slide_id]).tobytes())
+        h.update(np.ascontiguousarray(self.stain[slide_id]).tobytes())
+        return h.hexdigest()
+
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 

@@ -23,7 +23,16 @@ from flag_bench.record import CellRecord, ErrorInfo, MethodInfo, PanelInfo, json
 
 EventSink = Callable[[str, dict], None]
 
-_BUILDERS: dict[tuple, Any] = {}
+
+def _builders_memo():
+    from flag_bench.datasets.memo import ByteMemo, nbytes
+
+    # a builder holds its dataset (its memos count in the shared budget): bounded by the
+    # dataset's bytes like the dataset memo, the builder used last always kept
+    return ByteMemo("fold builders", size=lambda b: nbytes(b.ds), own_budget=True, keep_newest=True)
+
+
+_BUILDERS = _builders_memo()
 _KEYS = itertools.count()
 
 
@@ -37,13 +46,15 @@ def fold_builder(task: CellTask):
     from flag_bench.datasets.fold import FoldBuilder
 
     key = (task.dataset.key, task.patch, task.encoder, task.device, task.cache_dir)
-    if key not in _BUILDERS:
-        def resolve(name: str):
-            return ENCODERS.get(ENCODERS.check(name))()
+    hit = _BUILDERS.get(key)
+    if hit is not None:
+        return hit
 
-        _BUILDERS[key] = FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task),
-                                     device=task.device, cache_dir=task.cache_dir, encoder_resolver=resolve)
-    return _BUILDERS[key]
+    def resolve(name: str):
+        return ENCODERS.get(ENCODERS.check(name))()
+
+    return _BUILDERS.put(key, FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task),
+                                          device=task.device, cache_dir=task.cache_dir, encoder_resolver=resolve))
 
 
 def run_encoder(task: CellTask):

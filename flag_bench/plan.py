@@ -60,18 +60,28 @@ class Plan:
     datasets: dict[str, Any] = field(default_factory=dict)  # DatasetSpec.key -> SpatialDataset
 
 
-_DATASET_MEMO: dict[str, Any] = {}
+def _memo():
+    from flag_bench.datasets.memo import ByteMemo
+
+    # bounded in bytes (FLAG_BENCH_MEMO_BYTES), least recently used first; the dataset used last
+    # always stays, so a dataset larger than the bound is not reloaded for every cell
+    return ByteMemo("datasets", own_budget=True, keep_newest=True)
+
+
+_DATASET_MEMO = _memo()
 
 
 def load_dataset(spec: DatasetSpec):
-    """The dataset behind a spec, loaded once per process (cells of one dataset share it)."""
-    if spec.key not in _DATASET_MEMO:
-        loader = DATASETS.get(DATASETS.check(spec.name))
-        try:
-            _DATASET_MEMO[spec.key] = loader(**spec.kwargs())
-        except TypeError as exc:
-            raise UserError(f"--datasets {spec.key}: {exc}") from None
-    return _DATASET_MEMO[spec.key]
+    """The dataset behind a spec, loaded once per process (cells of one dataset share it) while
+    the memo's byte bound allows."""
+    hit = _DATASET_MEMO.get(spec.key)
+    if hit is not None:
+        return hit
+    loader = DATASETS.get(DATASETS.check(spec.name))
+    try:
+        return _DATASET_MEMO.put(spec.key, loader(**spec.kwargs()))
+    except TypeError as exc:
+        raise UserError(f"--datasets {spec.key}: {exc}") from None
 
 
 def make_selector(spec: PanelSpec):

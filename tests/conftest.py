@@ -73,3 +73,22 @@ def her2st_fold_views(n_genes: int = 200) -> dict:
         out[fold.test] = builder.build(FoldSpec(PanelSpec("hmhvg"), n_genes, fold, TargetTransform.LOG1P), HMHVG(),
                                        embeddings=False)
     return out
+
+
+@pytest.fixture
+def counting():
+    """An encoder class (color statistics) that counts its encode calls, with empty embedding memos
+    before and after: the tests of the embedding cache check what was encoded again."""
+    from flag_bench.datasets import embed_cache
+    from flag_bench.datasets.encoders import ColorStats
+
+    class Counting(ColorStats):
+        calls = 0
+
+        def encode(self, tiles, device="cpu", **kw):
+            type(self).calls += 1
+            return super().encode(tiles, device)
+
+    embed_cache.clear_memo()
+    yield Counting
+    embed_cache.clear_memo()

@@ -59,46 +59,32 @@ def small_ds():
     return synthetic.load(n_slides=2, spots_per_slide=20, n_genes=10, seed=5)
 
 
-class _Counting(ColorStats):
-    calls = 0
-
-    def encode(self, tiles, device="cpu"):
-        type(self).calls += 1
-        return super().encode(tiles, device)
-
-
-@pytest.fixture
-def counting():
-    _Counting.calls = 0
-    embed_cache.clear_memo()
-    yield _Counting
-    embed_cache.clear_memo()
 
 
 def test_cache_miss_then_hit_memo_and_disk(tmp_path, small_ds, counting):
     patch = PatchSpec(112, 32)
-    a = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
+    a = embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path)
     assert a.shape == (20, ColorStats.dim) and a.dtype == np.float32 and not a.flags.writeable
     files = list((tmp_path / "embeddings").glob("*.npy"))
     assert len(files) == 1 and not list((tmp_path / "embeddings").glob("*.tmp"))
     assert counting.calls == 1
     # memo hit
-    assert embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path) is a
+    assert embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path) is a
     # disk hit (memo cleared, as in a new process)
     embed_cache.clear_memo()
-    b = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
+    b = embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 1 and np.array_equal(a, b)
     # anything in the key changes the file: slide, patch, dataset version
-    embed_cache.get_embeddings(small_ds, "S02", _Counting(), patch, cache_dir=tmp_path)
-    embed_cache.get_embeddings(small_ds, "S01", _Counting(), PatchSpec(112, 24), cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S02", counting(), patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S01", counting(), PatchSpec(112, 24), cache_dir=tmp_path)
     other = synthetic.load(n_slides=2, spots_per_slide=20, n_genes=10, seed=6)
-    embed_cache.get_embeddings(other, "S01", _Counting(), patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(other, "S01", counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 4 and len(list((tmp_path / "embeddings").glob("*.npy"))) == 4
 
 
 def test_corrupt_cache_file_is_recomputed_with_warning(tmp_path, small_ds, counting):
     patch = PatchSpec(112, 32)
-    a = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path).copy()
+    a = embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path).copy()
     (path,) = (tmp_path / "embeddings").glob("*.npy")
     for junk in (b"not a numpy file", None):
         embed_cache.clear_memo()
@@ -107,13 +93,13 @@ def test_corrupt_cache_file_is_recomputed_with_warning(tmp_path, small_ds, count
         else:
             path.write_bytes(junk)
         with pytest.warns(UserWarning, match=path.name):
-            b = embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
+            b = embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path)
         assert np.array_equal(a, b)
     # the recomputed file is valid again
     embed_cache.clear_memo()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
+        embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path)
     assert counting.calls == 3
 
 
@@ -152,11 +138,11 @@ def test_cache_writes_through_the_one_atomic_writer(tmp_path, small_ds, counting
     monkeypatch.setattr(embed_cache, "atomic_write", spy)
     ref = embed_cache.SlideRef.of(small_ds, "S01")
     patch = PatchSpec(112, 32)
-    assert not embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)
-    embed_cache.get_embeddings(small_ds, "S01", _Counting(), patch, cache_dir=tmp_path)
-    assert written == [embed_cache.cache_path(ref, _Counting(), patch, cache_dir=tmp_path)]
+    assert not embed_cache.is_cached(ref, counting(), patch, cache_dir=tmp_path)
+    embed_cache.get_embeddings(small_ds, "S01", counting(), patch, cache_dir=tmp_path)
+    assert written == [embed_cache.cache_path(ref, counting(), patch, cache_dir=tmp_path)]
     assert sorted(p.name for p in written[0].parent.iterdir()) == [written[0].name]  # no temp file left
     embed_cache.clear_memo()
-    assert embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)
+    assert embed_cache.is_cached(ref, counting(), patch, cache_dir=tmp_path)
     np.save(written[0], np.zeros((3, 3), np.float32))  # wrong shape: a miss
-    assert not embed_cache.is_cached(ref, _Counting(), patch, cache_dir=tmp_path)
+    assert not embed_cache.is_cached(ref, counting(), patch, cache_dir=tmp_path)

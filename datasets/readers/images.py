@@ -7,6 +7,7 @@ cross process boundaries and a 20,000-spot slide is never decoded at once.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,12 @@ class H5PatchReader:
     def max_field_um(self) -> float:
         return self.stored_um
 
+    def fingerprint(self, slide_id: str) -> str:
+        """The embedding cache's identity of the slide's patches: the patch file (resolved path,
+        size, mtime: the pixels are not read), the rows matched to the spots and the stored field."""
+        rows = hashlib.sha256(np.ascontiguousarray(self.rows, dtype=np.int64).tobytes()).hexdigest()
+        return f"h5-patches|{_file_identity(self.path)}|{self.dataset}|{rows}|{self.stored_um!r}"
+
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         """uint8 (n_spots or len(spots), size_px, size_px, 3)."""
         import h5py
@@ -105,6 +112,12 @@ class H5PatchReader:
         for k, i in enumerate(order):
             out[i] = resample(block[inverse[k]], self.stored_um, patch)
         return out
+
+
+def _file_identity(path: Path) -> str:
+    """resolved path, size and mtime (ns): a rewritten file changes size or mtime."""
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 _FIX_IMAGE = "convert it to an 8-bit RGB image (e.g. the level-0 H&E as RGB TIFF, PNG or JPEG)"
@@ -233,6 +246,12 @@ class ImageTileReader:
         self.path = Path(path)
         self.coords = np.asarray(coords, dtype=np.float64)
         self.um_per_px = float(um_per_px)
+
+    def fingerprint(self, slide_id: str) -> str:
+        """The embedding cache's identity of the slide's patches: the image file (resolved path,
+        size, mtime), the spot centres in its pixels and its pixel size."""
+        coords = hashlib.sha256(np.ascontiguousarray(self.coords, dtype=np.float64).tobytes()).hexdigest()
+        return f"image|{_file_identity(self.path)}|{coords}|{self.um_per_px!r}"
 
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         check_patch(patch, None, str(self.path))
