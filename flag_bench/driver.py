@@ -24,6 +24,9 @@ class RunSummary:
     skipped: int = 0
     ok: int = 0
     elsewhere: int = 0  # claimed by another live run of the same grid
+    # cells claimed by a run on another host: host -> count (taken over once that run stops
+    # refreshing its claims for store.CLAIM_TTL_S seconds)
+    elsewhere_hosts: dict[str, int] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell description, message)
     interrupted: bool = False
     encoding_seconds: float = 0.0
@@ -131,6 +134,9 @@ class Driver:
             cid = task.cell.cell_id
             if not self.store.claim(cid):
                 summary.elsewhere += 1
+                holder = self.store.holder(cid) or {}
+                if not holder.get("slurm_job") and holder.get("host") and holder["host"] != _hostname():
+                    summary.elsewhere_hosts[holder["host"]] = summary.elsewhere_hosts.get(holder["host"], 0) + 1
                 self.ui.grid_advance()
                 continue
             if not self.cfg.force and self.store.finished(cid):  # finished by another run meanwhile
@@ -160,6 +166,8 @@ class Driver:
         self._estimator = Estimator(self.store.records())
         self.ui.grid(len(todo))
         self._show_eta()
+        heartbeat = self.store.heartbeat()  # keeps this run's claims live for runs on other hosts
+        heartbeat.__enter__()
         try:
             for rec in executor.map(self._claimed(todo, summary)):
                 self._record(rec, by_id[rec.cell_id], tracker, summary)
@@ -170,6 +178,7 @@ class Driver:
             for rec in executor.shutdown():  # finished in a worker, not collected yet: keep it
                 self._record(rec, by_id[rec.cell_id], tracker, summary)
         finally:
+            heartbeat.__exit__(None, None, None)
             executor.shutdown()
             for t in todo:
                 self.store.release(t.cell.cell_id)
@@ -201,6 +210,12 @@ class Driver:
             if secs and unknown:
                 text += f" + {unknown} cell(s) never timed"
             self.ui.grid_eta(text)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def persist(store: ResultsStore, tracker, rec: CellRecord, parent_run_id: str | None) -> Path:

@@ -8,7 +8,7 @@ Layout under the results dir:
     artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
     claims/<cell_id>.claim               a run computing this cell right now (pid, host, time), or
                                          the SLURM array task computing it (slurm_job): alive
-                                         while squeue lists that job
+                                         while squeue lists that job (see "Claims" below)
     slurm/                               submitit's job folder and one file per SLURM submission
     plans/<time>-<pid>.json              the cells each invocation planned (so a report can name
                                          planned cells that never finished)
@@ -19,6 +19,24 @@ the previous state or the complete new file; a write that fails (disk full, quot
 a one-line UserError naming the file. Nothing here deletes results; a ``--force`` rerun replaces
 a cell's record (and its stale ``.mlflow`` marker) with the recomputed one. Only the driver writes
 records; workers write artifacts under ``artifacts/<cell_id>/``.
+
+Claims. A claim is written complete under a temporary name and linked into place (``os.link``
+fails when the claim exists), so no reader ever sees a half-written claim; an unreadable claim
+(written by an older flag-bench, or torn) counts as live for ``CLAIM_WRITING_S`` seconds after
+its mtime. Whether a claim is live:
+
+* a SLURM task's claim: while ``squeue`` lists the task. Where ``squeue`` cannot be run the state
+  is unknown: one warning, and the claim counts as live (its cells are not computed twice).
+* a process on this host: while the process exists (a claim of another boot is stale).
+* a process on another host (or container): while its claim file is refreshed. The run holding a
+  claim touches it every ``CLAIM_HEARTBEAT_S`` seconds (``ResultsStore.refresh_claims``, called by
+  the driver); a claim of another host not refreshed for ``CLAIM_TTL_S`` seconds (default 600,
+  ``FLAG_BENCH_CLAIM_TTL_S``) is stale and taken over.
+
+Taking over a stale claim is atomic: the stale claim is renamed to a unique name, and only when
+the renamed file is the very claim judged stale (byte for byte; every claim carries a nonce) does
+the taker race for the cell again through the exclusive link. A taker that renamed a newer claim
+instead (another run took the cell over in between) links it back without replacing anything.
 """
 
 from __future__ import annotations
@@ -27,13 +45,23 @@ import contextlib
 import json
 import os
 import socket
+import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 from flag_bench.errors import UserError, one_line
 from flag_bench.io import atomic_write_json, user_error_on_oserror
 from flag_bench.record import CellRecord
+
+# a claim of another host is stale once its file has not been refreshed for this long
+CLAIM_TTL_S = float(os.environ.get("FLAG_BENCH_CLAIM_TTL_S") or 600.0)
+# how often a run refreshes the claims it holds (well inside the TTL, NFS attribute caching included)
+CLAIM_HEARTBEAT_S = min(60.0, CLAIM_TTL_S / 5)
+# an unreadable claim this young may still be being written (by a flag-bench without atomic claims)
+CLAIM_WRITING_S = 10.0
 
 
 class ResultsStore:
@@ -42,6 +70,8 @@ class ResultsStore:
         self.cells = self.root / "cells"
         self.artifacts = self.root / "artifacts"
         self.claims = self.root / "claims"
+        self._mine: dict[str, str] = {}  # cell_id -> the nonce of the claim this process wrote
+        self._mine_lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -144,54 +174,106 @@ class ResultsStore:
         return out
 
     # -- claims: two runs of one grid never compute the same cell ---------------------------------
+    def claim_path(self, cell_id: str) -> Path:
+        return self.claims / f"{cell_id}.claim"
+
     def claim(self, cell_id: str) -> bool:
         """True if this process now owns the cell; False while a live process computes it.
 
-        A claim whose process is gone (killed, crashed, another boot) is stale and taken over.
+        A claim whose process is gone (killed, crashed, another boot, another host's claim not
+        refreshed for ``CLAIM_TTL_S``) is stale and taken over, atomically (module docstring).
         """
-        path = self.claims / f"{cell_id}.claim"
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(), "time": time.time()}
-        for _ in range(3):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_claim(path)
-                if holder is not None and _alive(holder):
-                    return holder.get("pid") == os.getpid() and holder.get("host") == me["host"]
-                # stale: remove it and race for it again through O_EXCL
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            return True
+        path = self.claim_path(cell_id)
+        nonce = uuid.uuid4().hex
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
+              "nonce": nonce}
+        for _ in range(5):
+            if _create_claim(path, me):
+                with self._mine_lock:
+                    self._mine[cell_id] = nonce
+                return True
+            seen = _read_claim_text(path)
+            if seen is None:
+                continue  # released meanwhile: race for it again
+            text, holder = seen
+            if _alive(holder):
+                if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
+                    with self._mine_lock:  # this process claimed it already (through another store object)
+                        self._mine.setdefault(cell_id, str(holder.get("nonce")))
+                    return True
+                return False
+            _take_over(path, text)
         return False
 
     def hand_over(self, cell_id: str, slurm_job: str) -> None:
         """This process's claim now belongs to a SLURM array task: it outlives this process and
         stays live while squeue lists the job (a scancelled or finished job's claim is stale)."""
-        path = self.claims / f"{cell_id}.claim"
+        path = self.claim_path(cell_id)
         _write_json(path, {"pid": None, "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
-                           "slurm_job": slurm_job})
+                           "slurm_job": slurm_job, "nonce": uuid.uuid4().hex})
+        with self._mine_lock:
+            self._mine.pop(cell_id, None)
+
+    def refresh_claims(self) -> int:
+        """Touch every claim this process holds (the heartbeat that keeps a claim of this host live
+        for runs on other hosts); returns how many were refreshed."""
+        with self._mine_lock:
+            mine = dict(self._mine)
+        n = 0
+        for cell_id, nonce in mine.items():
+            path = self.claim_path(cell_id)
+            holder = _read_claim(path)
+            if holder is None or holder.get("nonce") != nonce:
+                continue  # released, or no longer ours
+            with contextlib.suppress(OSError):
+                os.utime(path)
+                n += 1
+        return n
+
+    @contextlib.contextmanager
+    def heartbeat(self, every: float | None = None):
+        """Refresh this process's claims every ``every`` seconds (``CLAIM_HEARTBEAT_S``) while inside."""
+        stop = threading.Event()
+        period = CLAIM_HEARTBEAT_S if every is None else every
+
+        def beat() -> None:
+            while not stop.wait(period):
+                with contextlib.suppress(Exception):
+                    self.refresh_claims()
+
+        thread = threading.Thread(target=beat, name="flag-bench-claim-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def holder(self, cell_id: str) -> dict | None:
         """The claim on a cell if a live process or SLURM job holds it, else None."""
-        holder = _read_claim(self.claims / f"{cell_id}.claim")
+        holder = _read_claim(self.claim_path(cell_id))
         return holder if holder is not None and _alive(holder) else None
 
     def busy(self, cell_id: str) -> bool:
         """A live process holds this cell (it will write and log the record itself)."""
-        holder = _read_claim(self.claims / f"{cell_id}.claim")
+        holder = _read_claim(self.claim_path(cell_id))
         return holder is not None and _alive(holder)
 
     def release(self, cell_id: str, force: bool = False) -> None:
         """Drop this process's claim (``force``: whoever holds it; the caller wrote the record)."""
-        path = self.claims / f"{cell_id}.claim"
+        path = self.claim_path(cell_id)
         holder = _read_claim(path)
+        with self._mine_lock:
+            nonce = self._mine.get(cell_id)
         mine = holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+        if mine and nonce is not None and holder.get("nonce") not in (None, nonce):
+            mine = False  # another claim of this process (a second store object): not this one's
         if holder is not None and (mine or force):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if holder is None or mine or force:
+            with self._mine_lock:
+                self._mine.pop(cell_id, None)
 
     # -- MLflow sync markers -----------------------------------------------------------------
     def mlflow_marker(self, cell_id: str) -> Path:
@@ -231,14 +313,84 @@ def _write_json(path: Path, obj) -> None:
         atomic_write_json(path, obj)
 
 
-def _read_claim(path: Path) -> dict | None:
+def _create_claim(path: Path, data: dict) -> bool:
+    """Write ``data`` as the claim at ``path`` unless a claim is there; True if it is now ours.
+
+    The claim is written complete under a temporary name and then hard-linked into place (a link
+    never replaces an existing file), so no reader sees it half-written. A filesystem without hard
+    links falls back to an exclusive create."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{data['nonce']}.tmp")
     try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
+        with user_error_on_oserror(tmp):
+            with open(tmp, "w") as fh:
+                json.dump(data, fh)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some FUSE/SMB mounts): an exclusive create
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh)
+            return True
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _take_over(path: Path, judged: str) -> bool:
+    """Remove the stale claim at ``path`` whose text was ``judged``, and nothing else: True if it
+    was removed. The claim is renamed to a unique name first; a renamed file that is not the
+    judged claim (another run replaced it in between) is linked back, never over a newer claim."""
+    aside = path.with_name(f".{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False
+    try:
+        try:
+            got = aside.read_text()
+        except OSError:
+            got = None
+        if got == judged:
+            return True
+        with contextlib.suppress(FileExistsError, OSError):
+            os.link(aside, path)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+
+
+def _read_claim_text(path: Path) -> tuple[str, dict] | None:
+    """(the claim's text, its fields plus ``_mtime``) or None when there is no claim. An
+    unreadable or torn claim is ``{"_torn": True, "_mtime": ...}``."""
+    try:
+        st = path.stat()
+        text = path.read_text()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}  # torn (its writer died mid-write): stale
+    except OSError:
+        return "", {"_torn": True, "_mtime": time.time()}
+    try:
+        data = json.loads(text)
+        data = dict(data) if isinstance(data, dict) else {"_torn": True}
+    except ValueError:
+        data = {"_torn": True}
+    data["_mtime"] = st.st_mtime
+    return text, data
+
+
+def _read_claim(path: Path) -> dict | None:
+    seen = _read_claim_text(path)
+    return None if seen is None else seen[1]
 
 
 def _boot_id() -> str:
@@ -249,15 +401,18 @@ def _boot_id() -> str:
 
 
 def _alive(holder: dict) -> bool:
-    """Whether the claiming process (or SLURM job) still runs. Another host's process claim is
-    trusted (shared FS)."""
+    """Whether the claiming process (or SLURM job) still runs (module docstring: "Claims")."""
     if holder.get("slurm_job"):
         return slurm_job_alive(str(holder["slurm_job"]))
+    mtime = holder.get("_mtime")
+    age = time.time() - mtime if isinstance(mtime, (int, float)) else None
     pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return False
+    if holder.get("_torn") or not isinstance(pid, int):
+        # being written right now (an older flag-bench creates, then fills it), or torn long ago
+        return age is not None and age < CLAIM_WRITING_S
     if holder.get("host") != socket.gethostname():
-        return True
+        # another host's process: live while its run refreshes the claim
+        return age is not None and age < CLAIM_TTL_S
     if holder.get("boot") and holder.get("boot") != _boot_id():
         return False
     try:
@@ -278,31 +433,56 @@ def _not_zombie(pid: int) -> bool:
 
 
 _SQUEUE: dict = {"at": -1e9, "jobs": {}}
+_UNKNOWN: dict = {"at": -1e9, "error": None, "warned": False}
 
 
 def slurm_jobs(max_age: float = 2.0) -> dict[str, str]:
     """This user's SLURM jobs as {"<array job>_<task>" or "<job>": state}, one ``squeue`` call
-    cached for ``max_age`` seconds (a grid asks about hundreds of claims at once)."""
+    cached for ``max_age`` seconds (a grid asks about hundreds of claims at once). A UserError
+    when squeue cannot be run or fails (cached as long)."""
     import subprocess
 
     now = time.monotonic()
     if now - _SQUEUE["at"] <= max_age:
         return _SQUEUE["jobs"]
+    if _UNKNOWN["error"] and now - _UNKNOWN["at"] <= max_age:
+        raise UserError(_UNKNOWN["error"])
     try:
         out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
                              timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(f"squeue cannot be run ({exc}); run flag-bench where the SLURM client commands work") from None
+        _UNKNOWN.update(at=now, error=f"squeue cannot be run ({exc}); run flag-bench where the SLURM client "
+                                      "commands work")
+        raise UserError(_UNKNOWN["error"]) from None
     if out.returncode != 0:
-        raise UserError(f"squeue failed ({one_line(out.stderr)}); check that SLURM answers (`squeue --me`)")
+        _UNKNOWN.update(at=now, error=f"squeue failed ({one_line(out.stderr)}); check that SLURM answers "
+                                      "(`squeue --me`)")
+        raise UserError(_UNKNOWN["error"])
     jobs = {}
     for line in out.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2:
             jobs[parts[0]] = parts[1]
     _SQUEUE.update(at=now, jobs=jobs)
+    _UNKNOWN.update(error=None)
     return jobs
 
 
 def slurm_job_alive(job_id: str) -> bool:
-    return job_id in slurm_jobs()
+    """Whether squeue lists the job. Where squeue cannot answer, the job's state is unknown: one
+    warning on stderr, and the job counts as alive (its cells are never computed twice)."""
+    state = slurm_job_state(job_id)
+    return state is not None
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """SLURM's state of a job (PENDING, RUNNING, ...), None when squeue does not list it, or
+    ``"UNKNOWN"`` when squeue cannot be asked (warned once per process)."""
+    try:
+        return slurm_jobs().get(job_id)
+    except UserError as exc:
+        if not _UNKNOWN["warned"]:
+            _UNKNOWN["warned"] = True
+            print(f"warning: {exc}; cells claimed by SLURM jobs are treated as still running (state unknown)",
+                  file=sys.stderr)
+        return "UNKNOWN"

@@ -1,7 +1,8 @@
 """MLflow logging from the driver only (one writer keeps SQLite safe), and reading it back.
 
-Layout: experiment ``flag-bench/<suite>/<protocol>``; a parent run per ``flag-bench run``
-invocation; a child run per cell (ok or failed) tagged ``flag_bench.cell_id``; metrics use
+Layout: experiment ``flag-bench/<suite>/<protocol>``, holding the cells computed under that suite
+(a suite's report also reads the cells it planned that another suite computed, from their own
+experiment: leaderboard.sources); a parent run per ``flag-bench run`` invocation; a child run per cell (ok or failed) tagged ``flag_bench.cell_id``; metrics use
 ``step = G`` so Gene-Dimension-Curse curves line up; the parent run carries the per-configuration
 curves.
 

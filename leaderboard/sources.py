@@ -11,6 +11,13 @@ cell as failed only when it has no finished record.
 
 A results dir can be copied or moved: MLflow records the local artifact store as an absolute
 path, so a run's artifacts are looked up under ``<results-dir>/mlartifacts`` first.
+
+Suites are views over cells: the suite is not part of a cell's id, so a run under suite B reuses
+a cell that a run under suite A finished. A suite's cells are the cells of every plan written
+under that suite (``ResultsStore.plans()``), plus the cells whose record was computed under it.
+Both sources apply this one rule: the store to its records; MLflow to the cell runs of every
+flag-bench experiment (a cell is logged once, in the experiment of the suite that computed it),
+taking a run's suite from the record's protocol (its ``protocol`` param), else its experiment.
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
     from flag_bench.store import ResultsStore
 
     store = ResultsStore(results_dir)
-    mine = (lambda rec: True) if suite is None else (lambda rec: rec.protocol.get("suite") == suite)
+    planned = suite_cells(results_dir, suite)
+    mine = (lambda rec: True) if suite is None else (lambda rec: in_suite(suite, planned, rec.cell_id,
+                                                                          rec.protocol.get("suite")))
     finished = [rec for rec in store.records() if mine(rec)]
     done = {rec.cell_id for rec in finished}
     latest: dict[str, tuple[CellRecord, Path]] = {}
@@ -76,27 +85,63 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
                   record=by_id.__getitem__, versions={rec.cell_id: code_version(rec.provenance) for rec in finished})
 
 
+# -- suites -------------------------------------------------------------------------------------
+def suite_cells(results_dir: Path | None, suite: str | None) -> frozenset[str]:
+    """The cell ids of every plan written under ``suite`` into ``results_dir`` (empty for no suite)."""
+    if suite is None or results_dir is None or not (Path(results_dir) / "plans").is_dir():
+        return frozenset()
+    from flag_bench.store import ResultsStore
+
+    return frozenset(c["cell_id"] for p in ResultsStore(results_dir).plans()
+                     if str((p.get("grid_spec") or {}).get("suite", "default")) == suite
+                     for c in p.get("cells", []) if c.get("cell_id"))
+
+
+def in_suite(suite: str, planned: frozenset[str], cell_id: str, computed_under: str | None) -> bool:
+    """Whether a cell shows in ``suite``'s leaderboard: planned by it, or computed under it."""
+    return cell_id in planned or computed_under == suite
+
+
 # -- MLflow -------------------------------------------------------------------------------------
 def _suite_of(experiment: str) -> str | None:
     parts = experiment.split("/")
     return "/".join(parts[1:-1]) if len(parts) >= 3 and parts[0] == "flag-bench" else None
 
 
-def _cell_runs(client, suite: str | None) -> list:
+def _run_suite(run, experiment_suite: str | None) -> str | None:
+    """The suite a cell run's record was computed under: its protocol param (cut when over
+    MLflow's length limit), else the experiment it was logged into."""
+    import json
+
+    try:
+        protocol = json.loads(run.data.params.get("protocol", ""))
+        if isinstance(protocol, dict) and "suite" in protocol:
+            return str(protocol["suite"])
+    except ValueError:
+        pass
+    return experiment_suite
+
+
+def _cell_runs(client, suite: str | None, planned: frozenset[str] = frozenset()) -> list:
     from mlflow.entities import ViewType
 
-    from flag_bench.tracking import T_SUPERSEDED, paged
+    from flag_bench.tracking import T_CELL, T_SUPERSEDED, paged
 
-    exps = [e.experiment_id
+    # every flag-bench experiment: a suite also shows the cells it planned that another suite computed
+    exps = {e.experiment_id: _suite_of(e.name)
             for e in paged(lambda t: client.search_experiments(view_type=ViewType.ACTIVE_ONLY, page_token=t))
-            if _suite_of(e.name) is not None and suite in (None, _suite_of(e.name))]
+            if _suite_of(e.name) is not None}
     if not exps:
         return []
-    runs = paged(lambda t: client.search_runs(exps, filter_string="tags.`flag_bench.level` = 'cell'",
+    runs = paged(lambda t: client.search_runs(list(exps), filter_string="tags.`flag_bench.level` = 'cell'",
                                                max_results=5000, page_token=t))
     # a run still RUNNING was cut short while being logged; the store re-logs that cell. A superseded
     # run logged a record that a --force rerun replaced
-    return [r for r in runs if r.info.status in ("FINISHED", "FAILED") and T_SUPERSEDED not in r.data.tags]
+    runs = [r for r in runs if r.info.status in ("FINISHED", "FAILED") and T_SUPERSEDED not in r.data.tags]
+    if suite is None:
+        return runs
+    return [r for r in runs if in_suite(suite, planned, r.data.tags.get(T_CELL, ""),
+                                        _run_suite(r, exps.get(r.info.experiment_id)))]
 
 
 def _latest(runs: list) -> dict[str, Any]:
@@ -114,7 +159,7 @@ def from_mlflow(uri: str, suite: str | None, results_dir: Path | None = None) ->
                                      TRACEBACK_ARTIFACT, decode_run, download, fetch_record, open_client)
 
     client = open_client(uri)
-    runs = _cell_runs(client, suite)
+    runs = _cell_runs(client, suite, suite_cells(results_dir, suite))
     ok = _latest([r for r in runs if r.data.tags.get(T_STATUS) == "ok"])
     bad = _latest([r for r in runs if r.data.tags.get(T_STATUS) == "failed"])
     rows, per_slide = [], {}

@@ -98,6 +98,12 @@ def _print_summary(console, summary, cfg) -> None:
         return
     n_fail = len(summary.failed)
     elsewhere = f", {summary.elsewhere} being computed by another run" if summary.elsewhere else ""
+    if summary.elsewhere_hosts:
+        from flag_bench.store import CLAIM_TTL_S
+
+        hosts = ", ".join(f"{n} on host {h}" for h, n in sorted(summary.elsewhere_hosts.items()))
+        elsewhere += (f" ({hosts}: a run there holds them; they are taken over once its claims are not "
+                      f"refreshed for {CLAIM_TTL_S:.0f} s)")
     console.print(
         f"done: {summary.ok} computed, {summary.skipped} already finished, {n_fail} failed{elsewhere}"
         + (" (interrupted: finished cells are saved; rerun to resume)" if summary.interrupted else "")

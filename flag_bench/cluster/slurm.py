@@ -31,8 +31,11 @@ from flag_bench.io import atomic_write_json
 from flag_bench.record import CellRecord, ErrorInfo
 
 SUBMISSIONS, JOBS = ("slurm", "submissions"), ("slurm", "jobs")
-# a task gone from squeue without a result pickle gets this long for the file to appear (NFS lag)
-GRACE_S = 10.0
+# a task gone from squeue without a result pickle gets this long for the file to appear before it
+# is declared lost: NFS caches attributes (and "no such file") for 30-60 s. FLAG_BENCH_SLURM_GRACE_S
+GRACE_S = float(os.environ.get("FLAG_BENCH_SLURM_GRACE_S") or 120.0)
+# a result pickle whose task squeue still lists: wait this long for SLURM to end it (final accounting)
+SETTLE_S = 30.0
 ENDED_WITHOUT_RESULT = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
                         "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
 
@@ -189,15 +192,26 @@ class Submission:
             # the pickle is written just before the task exits: wait (briefly) for SLURM to end it,
             # so the record carries SLURM's final accounting
             first = self._result_seen.setdefault(index, time.monotonic())
-            return "done" if s is None or time.monotonic() - first >= 3 * GRACE_S else "running"
+            return "done" if s is None or time.monotonic() - first >= SETTLE_S else "running"
         if s is not None:
             return "pending" if s in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED") else "running"
         state = slurm_accounting(self.task_job(index)).get("state")
-        if state is None or state in ENDED_WITHOUT_RESULT:
-            return "lost"
-        # COMPLETED (or still settling) without a result pickle yet: give a shared FS time to show it
-        first = self._seen_gone.setdefault(index, time.monotonic())
-        return "lost" if time.monotonic() - first >= GRACE_S else "running"
+        if state not in ENDED_WITHOUT_RESULT:
+            # COMPLETED, still settling, or no longer known to scontrol, without a result pickle yet:
+            # give a shared FS (attribute caching) GRACE_S to show it
+            first = self._seen_gone.setdefault(index, time.monotonic())
+            if time.monotonic() - first < GRACE_S:
+                return "running"
+        # one more look before declaring the task lost: listing the folder revalidates NFS's cache
+        return "done" if self._result_appeared(index) else "lost"
+
+    def _result_appeared(self, index: int) -> bool:
+        from submitit.core.utils import JobPaths
+
+        pickle = JobPaths(self.folder, job_id=self.task_job(index), task_id=0).result_pickle
+        with contextlib.suppress(OSError):
+            os.listdir(pickle.parent)
+        return pickle.exists()
 
     def records(self, index: int) -> list[CellRecord]:
         """The records of a finished or lost array task (failed records when it left none)."""

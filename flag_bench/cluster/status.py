@@ -7,7 +7,8 @@ from pathlib import Path
 
 def cell_states(results_dir: Path) -> tuple[dict[str, int], list[str]]:
     """({state: count}, notes). States: finished (an ok record), running / pending (a live claim;
-    SLURM's state for a SLURM task), failed (only failed records), not_run (planned, nothing yet)."""
+    SLURM's state for a SLURM task), failed (only failed records), not_run (planned, nothing yet),
+    and unknown (claimed by a SLURM job while squeue cannot be run; only when there are such cells)."""
     from flag_bench.store import ResultsStore
 
     store = ResultsStore(results_dir)
@@ -16,25 +17,33 @@ def cell_states(results_dir: Path) -> tuple[dict[str, int], list[str]]:
     failed = {r.cell_id for _, r in store.failures()} - ok
     counts = {"finished": len(ok), "failed": 0, "running": 0, "pending": 0, "not_run": 0}
     notes: list[str] = []
-    jobs = None
     for cid in sorted((planned | failed) - ok):
         holder = store.holder(cid)
         if holder is None:
             counts["failed" if cid in failed else "not_run"] += 1
             continue
         if holder.get("slurm_job"):
-            if jobs is None:
-                from flag_bench.store import slurm_jobs
+            from flag_bench.store import slurm_job_state
 
-                jobs = slurm_jobs()
-            state = jobs.get(str(holder["slurm_job"]), "")
+            state = slurm_job_state(str(holder["slurm_job"])) or ""
+            if state == "UNKNOWN":  # squeue cannot be asked: warned once, never a crash
+                counts["unknown"] = counts.get("unknown", 0) + 1
+                continue
             counts["pending" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") else "running"] += 1
         else:
             counts["running"] += 1
     from flag_bench.cluster.slurm import counts as task_counts, submissions
+    from flag_bench.errors import UserError
 
+    if counts.get("unknown"):
+        notes.append(f"{counts['unknown']} cell(s) claimed by SLURM jobs whose state is unknown: squeue cannot "
+                     "be run here; run `flag-bench status` where the SLURM client commands work")
     for sub in _safe_submissions(submissions, results_dir):
-        c = task_counts(sub)
+        try:
+            c = task_counts(sub)
+        except UserError as exc:
+            notes.append(f"SLURM job {sub.job_id}: state unknown ({exc})")
+            continue
         if c["done"] or c["lost"]:
             notes.append(f"SLURM job {sub.job_id}: {c['done'] + c['lost']} array task(s) ended but not collected; "
                          f"run `flag-bench collect --results-dir {results_dir}`")
