@@ -17,7 +17,8 @@ from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.content import Content, fmt_p, slug
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import CAL_LEGEND, LEGEND, TINY_WARNING, Row, role_label, role_legend, short_name
+from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, calibration_note, role_label,
+                                          role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import MIN_PAIRS, WILCOXON_NOTE
@@ -157,6 +158,8 @@ def _calibration_table(lb, board, g: int, rows) -> list[str]:
         tds = "".join(f'<td class="{attr}">{fmt.num(v)}</td>' for v in vals)
         out.append(f'<tr><td class="l">{esc(what)}</td><td></td>{tds}</tr>')
     out.append("</tfoot></table></div>")
+    note = calibration_note(board)
+    out += [f'<p class="muted">{esc(note)}</p>'] if note else []
     return out
 
 

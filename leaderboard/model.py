@@ -139,6 +139,16 @@ ROLE_LEGEND = {"null": "a null control (ignores the image or misplaces expressio
 REFERENCE_NOTE = "reference rows, listed below the methods, never ranked"
 
 
+def calibration_note(board: "DatasetBoard") -> str:
+    """Why a board's calibrated columns are empty ('' when they are not)."""
+    if board.bounds and all(math.isnan(b.null) for b in board.bounds.values()):
+        return ("no calibrated values: these results hold no image-free null control of the same folds; "
+                "add random-spot,gene-prior to --methods (both are in the default run)")
+    if board.bounds and all(math.isnan(b.ceiling) for b in board.bounds.values()):
+        return "no calibrated values: these cells record no noise ceiling (computed before ceilings existed)"
+    return ""
+
+
 def role_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
     """(mark, text) for each role among the rows shown: one legend line each, in every format."""
     roles = {r.role for b in lb.datasets for r in b.rows}

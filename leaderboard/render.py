@@ -18,7 +18,7 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
-                                          role_label, role_legend, short_name)
+                                          calibration_note, role_label, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.terminal import TINY_MARK, arrow, direction_text, print_leaderboard
@@ -90,6 +90,8 @@ def _md_calibration(lb: Leaderboard, board: DatasetBoard) -> list[str]:
                                     *(fmt.num(getattr(board.bounds[(g, m)], attr)) if (g, m) in board.bounds else "n/a"
                                       for m in lb.calibrated)]))
         out.append("")
+        note = calibration_note(board)
+        out += [note, ""] if note else []
     out += [f"**{summary_line(board.verdicts, short_name)}**", ""]
     return out
 

@@ -17,7 +17,7 @@ from rich.cells import cell_len
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row,
-                                          role_legend, short_name)
+                                          calibration_note, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -157,6 +157,8 @@ def calibration_renderables(lb: Leaderboard, board: DatasetBoard, width: int, de
         for i, block in enumerate(pack(w[:len(KEY)], w[len(KEY):], width)):
             out += [Text(""), Text(title if i == 0 else f"{title} (continued)", style="bold"),
                     _table(heads, body, [*range(len(KEY)), *(len(KEY) + j for j in block)], tiny)]
+    note = calibration_note(board) if lb.calibrated else ""
+    out += [Text(note, style="dim")] if note else []
     out.append(Text(summary_line(board.verdicts, short_name), style="bold" if board.verdicts else "dim"))
     return out
 

@@ -130,8 +130,6 @@ def test_hestcore_cut_patches_run_at_the_default_112_um(tmp_path):
     """HEST cuts round(112 um / um-per-px) whole source pixels: half of all slides store a field a
     fraction of a pixel under 112 um. The default --patch-um 112 runs on them (one source pixel
     of tolerance, recorded in the protocol card); wider still fails in one line."""
-    from flag_bench.errors import UserError  # noqa: F401
-
     root = tmp_path / "hest"
     sizes = {"S1": 112 / 223.49, "S2": 112 / 224.31, "S3": 112 / 222.6}  # src 223, 224, 223 px
     for k, (sid, um) in enumerate(sizes.items()):
