@@ -51,13 +51,13 @@ def info_lines(info: dict) -> list[str]:
              f"  {info['entries']} entries, {human_bytes(info['bytes'])}; oldest {_when(info['oldest'])}, "
              f"newest {_when(info['newest'])}"]
     width = max(len(e) for e in info["encoders"])
-    for name, d in info["encoders"].items():
-        legacy = f" ({d['legacy']} in the older key format)" if d["legacy"] else ""
-        lines.append(f"  {name:<{width}}  {d['entries']:>5} entries  {human_bytes(d['bytes']):>10}  "
-                     f"oldest {_when(d['oldest'])}  newest {_when(d['newest'])}{legacy}")
+    for name, d in info["encoders"].items():  # two lines each: the report fits 80 columns
+        legacy = f"; {d['legacy']} in the older key format" if d["legacy"] else ""
+        lines.append(f"  {name:<{width}}  {d['entries']:>5} entries  {human_bytes(d['bytes']):>10}")
+        lines.append(f"    oldest {_when(d['oldest'])}, newest {_when(d['newest'])}{legacy}")
     if info["legacy"]:
-        lines.append(f"  {info['legacy']} entries use the older key (dataset version) and are never read again: "
-                     "`flag-bench cache prune --stale` deletes them")
+        lines += [f"  {info['legacy']} entries use the older key (dataset version) and are never read",
+                  "  again: `flag-bench cache prune --stale` deletes them"]
     return lines
 
 
