@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -274,7 +275,8 @@ def main() -> None:
     sections, verdicts, checks, names = tables(rd, mob)
     date = datetime.date.today().isoformat()
     doc = [INTRO.format(date=date), "## Verdicts\n", verdict_table(verdicts, names), "",
-           f"MOB: `{DatasetSpec.parse(DATASETS[2][1].format(mob=mob)).key}`.", "",
+           f"MOB: `{DatasetSpec.parse(DATASETS[2][1].format(mob=os.path.relpath(mob, ROOT))).key}` "
+           "(run from the repository root).", "",
            "## The numbers issue 20 quotes, through `flag-bench run`\n",
            md(["data", "control", "metric", "quoted", "here", "difference", "within 0.03"], checks), "",
            "## Every metric, every control\n", "\n\n".join(sections), ""]
