@@ -157,22 +157,18 @@ class FoldBuilder:
 
     def _slide_expression(self, panel: GenePanel, sid: str, how: TargetTransform) -> tuple[np.ndarray, np.ndarray]:
         """Read-only (int32 panel counts, float32 targets) of one slide, memoised."""
-        key = (panel.index, sid, how)
-        hit = self._expression.get(key)
-        if hit is not None:
-            return hit
-        s = self.ds.slide(sid)
-        counts = s.counts[:, np.asarray(panel.index)].toarray().astype(np.int32)
-        targets = transform_counts(counts, self._library_of(s), how)
-        counts.setflags(write=False)
-        targets.setflags(write=False)
-        return self._expression.put(key, (counts, targets))
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            s = self.ds.slide(sid)
+            counts = s.counts[:, np.asarray(panel.index)].toarray().astype(np.int32)
+            targets = transform_counts(counts, self._library_of(s), how)
+            counts.setflags(write=False)
+            targets.setflags(write=False)
+            return counts, targets
+
+        return self._expression.get_or_compute((panel.index, sid, how), compute)
 
     def _library_of(self, s: Slide) -> np.ndarray:
-        hit = self._library.get(s.id)
-        if hit is not None:
-            return hit
-        return self._library.put(s.id, np.asarray(s.counts.sum(axis=1)).ravel())
+        return self._library.get_or_compute(s.id, lambda: np.asarray(s.counts.sum(axis=1)).ravel())
 
     def _inputs(self, sid: str, embeddings: bool) -> dict:
         """SlideInput fields. Only copies and image access leave here: never the Slide itself,

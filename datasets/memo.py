@@ -181,6 +181,11 @@ class ByteMemo:
 
     __setitem__ = put
 
+    def get_or_compute(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value under ``key``, else ``make()`` stored (while the budget allows) and returned."""
+        hit = self.get(key)
+        return hit if hit is not None else self.put(key, make())
+
     def __delitem__(self, key: Hashable) -> None:
         with _LOCK:
             if key not in self._data:

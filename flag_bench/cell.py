@@ -46,15 +46,12 @@ def fold_builder(task: CellTask):
     from flag_bench.datasets.fold import FoldBuilder
 
     key = (task.dataset.key, task.patch, task.encoder, task.device, task.cache_dir)
-    hit = _BUILDERS.get(key)
-    if hit is not None:
-        return hit
-
     def resolve(name: str):
         return ENCODERS.get(ENCODERS.check(name))()
 
-    return _BUILDERS.put(key, FoldBuilder(load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task),
-                                          device=task.device, cache_dir=task.cache_dir, encoder_resolver=resolve))
+    return _BUILDERS.get_or_compute(key, lambda: FoldBuilder(
+        load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task), device=task.device,
+        cache_dir=task.cache_dir, encoder_resolver=resolve))
 
 
 def run_encoder(task: CellTask):

@@ -74,14 +74,14 @@ _DATASET_MEMO = _memo()
 def load_dataset(spec: DatasetSpec):
     """The dataset behind a spec, loaded once per process (cells of one dataset share it) while
     the memo's byte bound allows."""
-    hit = _DATASET_MEMO.get(spec.key)
-    if hit is not None:
-        return hit
-    loader = DATASETS.get(DATASETS.check(spec.name))
-    try:
-        return _DATASET_MEMO.put(spec.key, loader(**spec.kwargs()))
-    except TypeError as exc:
-        raise UserError(f"--datasets {spec.key}: {exc}") from None
+    def load():
+        loader = DATASETS.get(DATASETS.check(spec.name))
+        try:
+            return loader(**spec.kwargs())
+        except TypeError as exc:
+            raise UserError(f"--datasets {spec.key}: {exc}") from None
+
+    return _DATASET_MEMO.get_or_compute(spec.key, load)
 
 
 def make_selector(spec: PanelSpec):

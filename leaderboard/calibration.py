@@ -60,7 +60,7 @@ def calibrated_scores(frame) -> tuple[str, ...]:
                  and frame[ceiling_name(m)].notna().any())
 
 
-def add_calibration(frame, higher_is_better=None):
+def add_calibration(frame):
     """frame -> a copy with ``<m>_null`` (the fold's best null) and ``<m>_cal`` for each score it
     can calibrate. Every calibrated score is higher-is-better (correlations)."""
     out = frame.copy()
@@ -96,14 +96,12 @@ class Bound:
 
     null: float
     ceiling: float
-    null_methods: tuple[str, ...]
 
 
 def bounds(frame, scores: Sequence[str]) -> dict[tuple[int, str], Bound]:
     """(G, score) -> Bound, over the folds of ``frame`` (one dataset), each fold once."""
     out = {}
     keys = [k for k in FOLD if k in frame.columns]
-    nulls = tuple(image_free_nulls(sorted(set(frame["method"]))))
     for g, d in frame.groupby("n_genes", sort=True):
         folds = d.drop_duplicates(keys)
         for m in scores:
@@ -111,7 +109,7 @@ def bounds(frame, scores: Sequence[str]) -> dict[tuple[int, str], Bound]:
             nv = folds[null_col].to_numpy(float) if null_col in folds else np.array([np.nan])
             # a fold's ceiling: the mean of its cells' (the same value, unless old records lack it)
             cv = d.groupby(keys, sort=False)[ceil_col].mean().to_numpy(float) if ceil_col in d else np.array([np.nan])
-            out[(int(g), m)] = Bound(_nanmean(nv), _nanmean(cv), nulls)
+            out[(int(g), m)] = Bound(_nanmean(nv), _nanmean(cv))
     return out
 
 

@@ -31,14 +31,14 @@ def dataset_flags(res, g) -> tuple[str, ...]:
         if len(kinds) > 1:
             flags.append(f"{what.format(n=len(kinds))} ({', '.join(kinds)}) pooled in {where}: "
                          f"report each with --{column} {kinds[0]}")
-    from flag_bench.leaderboard.stats import oracle_methods, reference_methods
+    from flag_bench.leaderboard.stats import reference_roles
 
-    present = sorted(set(g["method"]))
-    oracles = oracle_methods(present)
+    roles = reference_roles(sorted(set(g["method"])))
+    oracles = [m for m, role in roles.items() if role == "oracle"]
     if oracles:
         flags.append(f"oracle rows ({', '.join(oracles)}) are computed from the test truth: references that "
                      "check the metrics, not methods; left out of the rank tests")
-    nulls = [m for m in reference_methods(present) if m not in oracles]
+    nulls = [m for m, role in roles.items() if role != "oracle"]
     if nulls:
         flags.append(f"null control rows ({', '.join(nulls)}) ignore the image or misplace expression: they show what "
                      "a metric gives a prediction that is wrong by construction; never ranked")

@@ -17,8 +17,8 @@ from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.content import Content, fmt_p, slug
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, calibration_note, role_label,
-                                          role_legend, short_name)
+from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, bound_values, calibration_note,
+                                          role_label, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import MIN_PAIRS, WILCOXON_NOTE
@@ -154,8 +154,7 @@ def _calibration_table(lb, board, g: int, rows) -> list[str]:
         out.append(f"<tr>{''.join(cells)}</tr>")
     out.append("</tbody><tfoot>")
     for what, attr in (("null (raw, best image-free control)", "null"), ("ceiling (raw, split-half)", "ceiling")):
-        vals = [getattr(board.bounds[(g, m)], attr) if (g, m) in board.bounds else math.nan for m in lb.calibrated]
-        tds = "".join(f'<td class="{attr}">{fmt.num(v)}</td>' for v in vals)
+        tds = "".join(f'<td class="{attr}">{fmt.num(v)}</td>' for v in bound_values(board, g, lb.calibrated, attr))
         out.append(f'<tr><td class="l">{esc(what)}</td><td></td>{tds}</tr>')
     out.append("</tfoot></table></div>")
     note = calibration_note(board)

@@ -21,6 +21,7 @@ from flag_bench.leaderboard.calibration import (CALIBRATED, Bound, add_calibrati
 from flag_bench.leaderboard.notes import Notes
 from flag_bench.leaderboard.validity import Verdict, board_verdicts
 from flag_bench.leaderboard.results import check_metric, curves, joined_labels
+from flag_bench.leaderboard.stats import reference_roles
 
 # structure scores the default legend describes, shown or not (--columns shows them)
 LEGEND_ALWAYS = ("gsc_frobenius", "gsc_cpm", "ssc@32")
@@ -139,6 +140,11 @@ ROLE_LEGEND = {"null": "a null control (ignores the image or misplaces expressio
 REFERENCE_NOTE = "reference rows, listed below the methods, never ranked"
 
 
+def bound_values(board: "DatasetBoard", g: int, scores: Sequence[str], which: str) -> list[float]:
+    """The raw null or ceiling (``which``) of each score on ``board`` at G (NaN where it has none)."""
+    return [getattr(board.bounds[(g, m)], which) if (g, m) in board.bounds else math.nan for m in scores]
+
+
 def calibration_note(board: "DatasetBoard") -> str:
     """Why a board's calibrated columns are empty ('' when they are not)."""
     if board.bounds and all(math.isnan(b.null) for b in board.bounds.values()):
@@ -249,20 +255,6 @@ def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> R
     g_, method, config_hash = key
     return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
                tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""))
-
-
-def reference_roles(methods: Sequence[str]) -> dict[str, str]:
-    """method -> "null" | "oracle" for the reference rows among ``methods`` (registered cards only)."""
-    from flag_bench.catalog import METHODS, method_card
-    from flag_bench.methods.roles import is_reference, role_of
-
-    out = {}
-    for m in methods:
-        if m in METHODS.names():
-            card = method_card(m)
-            if is_reference(card):
-                out[m] = str(role_of(card))
-    return out
 
 
 def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:

@@ -18,7 +18,8 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
-                                          calibration_note, role_label, role_legend, short_name)
+                                          bound_values, calibration_note, role_label,
+                                          role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.terminal import TINY_MARK, arrow, direction_text, print_leaderboard
@@ -87,8 +88,7 @@ def _md_calibration(lb: Leaderboard, board: DatasetBoard) -> list[str]:
         for g in board.genes:
             for what, attr in (("null (raw, best image-free control)", "null"), ("ceiling (raw, split-half)", "ceiling")):
                 out.append(_md_row([str(g), f"*{what}*", "",
-                                    *(fmt.num(getattr(board.bounds[(g, m)], attr)) if (g, m) in board.bounds else "n/a"
-                                      for m in lb.calibrated)]))
+                                    *(fmt.num(v) for v in bound_values(board, g, lb.calibrated, attr))]))
         out.append("")
         note = calibration_note(board)
         out += [note, ""] if note else []

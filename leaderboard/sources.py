@@ -216,14 +216,14 @@ def relocated(artifact_uri: str, results_dir: Path | None) -> str:
 
 
 def local_artifact(artifact_uri: str, name: str) -> Path | None:
-    """An artifact of a run whose artifact store is a local folder (``file://``, the default
+    """An artifact of a run whose artifact store is a local folder (``file://`` or a path, the default
     ``<results-dir>/mlartifacts``): its path, read in place. MLflow's download API copies the file
     through the client at ~40 ms a call, which is most of a 500-cell report's time. None for a
     remote store, or when the file is not there (the download then says what is missing)."""
-    from urllib.parse import unquote, urlparse
+    from flag_bench.tracking import file_path
 
-    u = urlparse(artifact_uri)
-    if u.scheme != "file":
+    base = file_path(artifact_uri)
+    if base is None:
         return None
-    path = Path(unquote(u.path)) / name
+    path = base / name
     return path if path.is_file() else None

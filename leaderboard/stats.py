@@ -215,21 +215,31 @@ class ScaledCell:
     scores: Mapping[str, float]  # configuration label -> scaled mean
 
 
+def reference_roles(methods: Sequence[str]) -> dict[str, str]:
+    """method -> "oracle" | "null" for the reference rows among ``methods`` (methods/roles.py;
+    registered cards only): every board shows them, no rank test counts them as methods."""
+    from flag_bench.catalog import METHODS, method_card
+    from flag_bench.methods.roles import is_reference, role_of
+
+    out = {}
+    for m in methods:
+        if m in METHODS.names():
+            card = method_card(m)
+            if is_reference(card):
+                out[m] = str(role_of(card))
+    return out
+
+
 def oracle_methods(methods: Sequence[str]) -> list[str]:
     """The oracles among ``methods`` (methods/oracles.py: computed from the test truth)."""
-    from flag_bench.catalog import METHODS, method_card
-    from flag_bench.methods.oracles import is_oracle
+    from flag_bench.methods.roles import ORACLE_ROLE
 
-    return [m for m in methods if m in METHODS.names() and is_oracle(method_card(m))]
+    return [m for m, role in reference_roles(methods).items() if role == ORACLE_ROLE]
 
 
 def reference_methods(methods: Sequence[str]) -> list[str]:
-    """The reference rows among ``methods``: oracles and null controls (methods/roles.py), which every
-    board shows and no rank test counts as methods."""
-    from flag_bench.catalog import METHODS, method_card
-    from flag_bench.methods.roles import is_reference
-
-    return [m for m in methods if m in METHODS.names() and is_reference(method_card(m))]
+    """The reference rows among ``methods``: oracles and null controls."""
+    return list(reference_roles(methods))
 
 
 def control_roles(methods: Sequence[str]) -> dict[str, str]:

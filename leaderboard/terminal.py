@@ -16,8 +16,8 @@ from rich.cells import cell_len
 
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
-from flag_bench.leaderboard.model import (CAL_LEGEND, ROLE_MARK, TINY_WARNING, DatasetBoard, Leaderboard, Row,
-                                          calibration_note, role_legend, short_name)
+from flag_bench.leaderboard.model import (CAL_LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, bound_values,
+                                          calibration_note, role_label, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -38,8 +38,7 @@ def common_label(board: DatasetBoard) -> str:
 
 def row_label(r: Row, common: str) -> str:
     label = r.label.replace(f" ({common})", "", 1) if common else r.label
-    label += TINY_MARK if r.tiny else ""
-    return f"{label} {ROLE_MARK[r.role]}" if r.role in ROLE_MARK else label
+    return role_label(r, label + (TINY_MARK if r.tiny else ""))
 
 
 def _value(lb: Leaderboard, r: Row, column: str, detail: str) -> str:
@@ -140,8 +139,7 @@ def calibration_grid(lb: Leaderboard, board: DatasetBoard, detail: str) -> tuple
     tiny = [r.tiny for r in board.rows]
     for g in board.genes:
         for what, attr in (("null (raw)", "null"), ("ceiling (raw)", "ceiling")):
-            vals = [getattr(board.bounds[(g, m)], attr) if (g, m) in board.bounds else math.nan for m in lb.calibrated]
-            body.append([str(g), what, "", *(fmt.num(v) for v in vals)])
+            body.append([str(g), what, "", *(fmt.num(v) for v in bound_values(board, g, lb.calibrated, attr))])
             tiny.append(False)
     return heads, body, tiny
 

@@ -38,15 +38,12 @@ class Verdict:
     source: str = ""  # "these results" or where the shipped verdict was measured
 
 
-def noisy_config_hash() -> str:
-    """The config hash of oracle-noise at sigma 0.5 (its default), the noisy truth of the verdict."""
+def noise_config_hash(sigma: float = NOISY_SIGMA) -> str:
+    """The config hash of oracle-noise at ``sigma`` (default: the noisy truth of the verdict)."""
     from flag_bench.catalog import METHODS
 
     cls = METHODS.get(NOISY)
-    cfg = cls.make_config("small")
-    if getattr(cfg, "sigma", None) != NOISY_SIGMA:
-        cfg = cls.make_config("small", {"sigma": NOISY_SIGMA})
-    return cls.config_hash(cfg)
+    return cls.config_hash(cls.make_config("small", {"sigma": sigma}))
 
 
 def verdicts_from_frame(frame, direction: Mapping[str, bool | None], source: str = "these results"
@@ -54,32 +51,29 @@ def verdicts_from_frame(frame, direction: Mapping[str, bool | None], source: str
     """One dataset's results frame -> metric -> Verdict (only metrics the frame can judge)."""
     if frame.empty or NOISY not in set(frame["method"]) or not set(CONTROLS) <= set(frame["method"]):
         return {}
-    noisy = frame[(frame["method"] == NOISY) & (frame["config_hash"] == noisy_config_hash())]
+    noisy = frame[(frame["method"] == NOISY) & (frame["config_hash"] == noise_config_hash())]
     if noisy.empty:
         return {}
     keys = [k for k in FOLD if k in frame.columns]
+    metrics = [m for m in METRICS if m in frame.columns and direction.get(m) is not None]
+    # seeds (and configurations of a control) averaged within each fold, once for every metric
+    ref = noisy.groupby(keys)[metrics].mean()
+    ctrl = frame[frame["method"].isin(CONTROLS)].groupby([*keys, "method"])[metrics].mean()
     out = {}
-    for m in METRICS:
-        if m not in frame.columns or direction.get(m) is None:
-            continue
+    for m in metrics:
         higher = direction[m] is not False
-        ref = noisy.groupby(keys)[m].mean()
         failed: set[str] = set()
         judged = 0
         complete = True
-        for fold, v in ref.items():
+        for fold, v in ref[m].items():
             fold = fold if isinstance(fold, tuple) else (fold,)
             if not math.isfinite(v):
                 continue
-            here = frame
-            for k, x in zip(keys, fold):
-                here = here[here[k] == x]
             for c in CONTROLS:
-                cv = here.loc[here["method"] == c, m]
-                if cv.empty or not cv.notna().any():
+                c_mean = ctrl[m].get((*fold, c), math.nan)
+                if not math.isfinite(c_mean):
                     complete = False
                     continue
-                c_mean = float(cv.mean())
                 if not (v > c_mean if higher else v < c_mean):
                     failed.add(c)
             judged += 1

@@ -98,13 +98,10 @@ def run_grids(rd: Path, mob: Path) -> None:
 
 
 def _row_frame(f, method: str, sigma: float | None):
-    from flag_bench.catalog import METHODS
+    from flag_bench.leaderboard.validity import noise_config_hash
 
     sub = f[f["method"] == method]
-    if sigma is not None:
-        cls = METHODS.get(method)
-        sub = sub[sub["config_hash"] == cls.config_hash(cls.make_config("small", {"sigma": sigma}))]
-    return sub
+    return sub if sigma is None else sub[sub["config_hash"] == noise_config_hash(sigma)]
 
 
 def fmt(x) -> str:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from flag_bench.cli import app
 from flag_bench.leaderboard.calibration import add_calibration, bounds
 from flag_bench.leaderboard.model import metric_direction
-from flag_bench.leaderboard.validity import CONTROLS, NOISY, noisy_config_hash, summary_line, verdicts_from_frame
+from flag_bench.leaderboard.validity import CONTROLS, NOISY, noise_config_hash, summary_line, verdicts_from_frame
 
 runner = CliRunner()
 
@@ -55,7 +55,7 @@ def test_calibration_uses_the_best_image_free_null_of_the_same_fold():
 def _verdict_frame(noisy_ssc):
     rows = []
     for fold, v in zip("AB", noisy_ssc):
-        rows.append(dict(method=NOISY, config_hash=noisy_config_hash(), fold=fold, ssc=v, ssc_spot=0.9, mse=0.1))
+        rows.append(dict(method=NOISY, config_hash=noise_config_hash(), fold=fold, ssc=v, ssc_spot=0.9, mse=0.1))
         for c, ssc in zip(CONTROLS, (0.6, 0.0, 0.0, 0.7)):
             rows.append(dict(method=c, fold=fold, ssc=ssc, ssc_spot=0.05, mse=1.0))
     return _frame(rows)
