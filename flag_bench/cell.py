@@ -110,8 +110,14 @@ def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
         stage[0] = "predict"
         on_event("stage", {"cell_id": task.cell.cell_id, "stage": "predict"})
         # a built-in oracle reads the answer by design (methods/oracles.py); nothing else gets it
-        preds = (method.predict_from_truth(views.test, views.truths) if receives_truth(type(method))
-                 else method.predict(views.test))
+        samples = None
+        if receives_truth(type(method)):
+            preds = method.predict_from_truth(views.test, views.truths)
+        else:
+            # draws, when the method keeps them: their mean is the prediction (_compute), so one
+            # sampling pass serves both
+            samples = method.predict_samples(views.test)
+            preds = method.predict(views.test) if samples is None else None
         sync(task.device)
         t3 = time.perf_counter()
     import torch
@@ -122,12 +128,12 @@ def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
              "n_parameters": method.n_parameters(), "torch_threads": torch.get_num_threads()}
     if cuda:
         costs["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return method, preds, costs
+    return method, preds, samples, costs
 
 
 def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str, Any]:
     from flag_bench.artifacts import write_artifacts
-    from flag_bench.scoring import check_predictions, score_cell
+    from flag_bench.scoring import check_predictions, check_samples, score_cell, score_samples
 
     t0 = time.perf_counter()
     cell = task.cell
@@ -137,13 +143,19 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
     stage[0] = "fit"
     on_event("stage", {"cell_id": cell.cell_id, "stage": "fit"})
     t_data = time.perf_counter() - t0
-    method, preds, costs = _fit_predict(task, views, on_event, stage)
+    method, preds, samples, costs = _fit_predict(task, views, on_event, stage)
     stage[0] = "score"
     t3 = time.perf_counter()
+    if samples is not None:
+        samples = check_samples(cell.method, samples, views.test)
+        preds = [s.mean(axis=0) for s in samples]
     preds = check_predictions(cell.method, preds, views.test)
     scores, per_slide, per_gene, notes = score_cell(preds, views.truths, views.test, cell.seed, views.annotations,
                                                     counts=views.truth_counts, libraries=views.truth_libraries,
                                                     target_transform=views.test.target_transform)
+    if samples is not None:
+        scores.update(score_samples(samples, views.truths, views.test, cell.seed, views.annotations,
+                                    target_transform=views.test.target_transform))
     costs["score_seconds"] = time.perf_counter() - t3
     costs["data_seconds"] = t_data
     stage[0] = "artifacts"

@@ -33,6 +33,71 @@ def check_predictions(method: str, preds: Any, test) -> list[np.ndarray]:
     return out
 
 
+def check_samples(method: str, samples: Any, test) -> list[np.ndarray]:
+    """One finite (n_samples >= 1, n_spots, G) array per test slide, the same n_samples on every
+    slide, as float32; CellFailure naming what is wrong."""
+    if not isinstance(samples, (list, tuple)) or len(samples) != len(test.slides):
+        n = len(samples) if hasattr(samples, "__len__") else "?"
+        raise CellFailure(f"method '{method}' returned samples as {type(samples).__name__} of length {n}; "
+                          f"expected a list of {len(test.slides)} arrays")
+    out = []
+    for x, s in zip(samples, test.slides):
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[0] < 1 or x.shape[1:] != (s.n_spots, test.n_genes):
+            raise CellFailure(f"method '{method}' sampled shape {x.shape} for slide {s.slide_id}; "
+                              f"expected (n_samples, {s.n_spots}, {test.n_genes})")
+        if out and x.shape[0] != out[0].shape[0]:
+            raise CellFailure(f"method '{method}' drew {x.shape[0]} samples on slide {s.slide_id} but "
+                              f"{out[0].shape[0]} on {test.slides[0].slide_id}")
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise CellFailure(f"method '{method}' sampled {bad} non-finite value(s) on slide {s.slide_id}")
+        out.append(x.astype(np.float32, copy=False))
+    return out
+
+
+# the scores a generative method's single draws are scored on: the headline ones, so the per-draw
+# pass costs a few metric evaluations per draw rather than every registered metric
+SAMPLE_SCORES = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l")
+SAMPLE_PREFIX, SAMPLE_SD_PREFIX = "sample.", "sample_sd."
+
+
+def sample_name(score: str, sd: bool = False) -> str:
+    """'pcc_mean' -> 'sample.pcc_mean' (mean over the draws) or 'sample_sd.pcc_mean' (their sd)."""
+    return (SAMPLE_SD_PREFIX if sd else SAMPLE_PREFIX) + score
+
+
+def score_samples(samples: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, seed: int,
+                  annotations: Sequence[np.ndarray | None], *, target_transform: str = "log1p") -> dict[str, float]:
+    """(n_samples, N, G) draws per slide -> each draw scored like a prediction (cell mean over the
+    slides, as ``score_cell``), then per score in SAMPLE_SCORES the mean over the draws
+    (``sample.<score>``) and their sd (``sample_sd.<score>``, ddof 1; NaN with one draw), plus
+    ``n_samples``. Only the metrics that produce SAMPLE_SCORES are evaluated."""
+    from flag_bench.metrics.base import SlideContext
+
+    metrics = {name: m for name, m in METRICS.load_all().items()
+               if m.scope == "slide" and {o.name for o in m.outputs} & set(SAMPLE_SCORES)}
+    n = int(samples[0].shape[0])
+    per_draw: dict[str, list[float]] = {k: [] for k in SAMPLE_SCORES}
+    for k in range(n):
+        per_slide = []
+        for x, y, s, ann in zip(samples, truths, test.slides, annotations):
+            ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann,
+                               target_transform=target_transform)
+            per_slide.append(_slide_scores(metrics, y, x[k], ctx, {})[0])
+        for key in SAMPLE_SCORES:
+            vals = np.array([d.get(key, np.nan) for d in per_slide], dtype=np.float64)
+            per_draw[key].append(float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"))
+    out: dict[str, float] = {"n_samples": float(n)}
+    for key, vals in per_draw.items():
+        v = np.asarray(vals, dtype=np.float64)
+        if not np.isfinite(v).any():
+            continue  # no registered metric produced it
+        out[sample_name(key)] = float(np.nanmean(v))
+        out[sample_name(key, sd=True)] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan")
+    return out
+
+
 def _slide_scores(metrics, y, p, ctx, notes: dict) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     vals: dict[str, float] = {}
     genes: dict[str, np.ndarray] = {}

@@ -45,6 +45,7 @@ class ReportFormat(StrEnum):
     TABLE = "table"
     MARKDOWN = "markdown"
     CSV = "csv"
+    JSON = "json"  # the board rows and every statistical test
     HTML = "html"  # one self-contained file (--output FILE)
     PNG = "png"  # the report's figures as files (--output DIR)
     SVG = "svg"

@@ -21,7 +21,8 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import figures as F
 from flag_bench.leaderboard.flags import dataset_flags
 from flag_bench.leaderboard import stats as S
-from flag_bench.leaderboard.model import Leaderboard, config_labels, metric_direction, short_name
+from flag_bench.leaderboard.model import (TRANSFORM_UNITS, Leaderboard, config_labels, metric_direction, short_name,
+                                          transform_tag)
 
 CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "moran_abs_err")
 # structure scores: a constant prediction (the mean control) scores 0 on them only by convention,
@@ -83,10 +84,9 @@ def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Seq
     c = Content(lb, labels, filter_text=res.filter.describe() if getattr(res, "filter", None) else "")
     c.cards = cards(res, frame)
     c.coverage = coverage(frame, res.failed(), labels)
-    # oracles and null controls: shown on every board, never ranked against methods
-    ranked = frame[~frame["method"].isin(S.reference_methods(sorted(set(frame["method"]))))]
-    for m in metrics:
-        c.tests.append(S.metric_tests(ranked, m, direction.get(m) is not False, labels))
+    # per dataset x G x metric over test folds (seeds averaged); oracles and null controls are
+    # shown on every board, never ranked against methods
+    c.tests = list(S.ranked_tests(frame, metrics, direction, labels))
     roles = S.control_roles(sorted(set(frame["method"])))
     c.scaled = S.scaled_scores(frame, [m for m in metrics if m not in NOT_CONTROL_SCALED], direction, labels, roles)
     _curve_figures(c, frame, metrics, direction, colors, kind)
@@ -126,7 +126,10 @@ def coverage(frame, failed, labels) -> list[Coverage]:
 
 # -- curves and statistics ----------------------------------------------------------------------
 def _bands(d, metric: str) -> dict:
-    """The null and the ceiling of ``metric`` per G as 95% bootstrap bands over the folds."""
+    """The null and the ceiling of ``metric`` per G as 95% bootstrap bands over the folds.
+
+    FOLD holds no seed: each fold's cells (its seeds) are averaged first, so the bootstrap resamples
+    folds, the unit of replication, never seeds."""
     from flag_bench.leaderboard.calibration import FOLD, null_name
     from flag_bench.metrics.ceilings import ceiling_name
     from flag_bench.metrics.stats import bootstrap_ci
@@ -159,6 +162,7 @@ def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
             c.map_notes.append(f"{ds}: one G only ({int(d['n_genes'].iloc[0])}), so no Gene-Dimension-Curse curve")
             continue
         panels = []
+        tag = transform_tag(list(d["target_transform"])) if "target_transform" in d.columns else ""
         for m in metrics:
             lines = {}
             for (method, ch), sub in d.groupby(["method", "config_hash"], sort=True):
@@ -174,12 +178,20 @@ def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
                                                  "points_G": sub["n_genes"].to_numpy(float),
                                                  "points": sub[m].to_numpy(float)}
             panels.append({"metric": short_name(m), "lower_better": direction.get(m) is False, "lines": lines,
-                           "bands": _bands(d, m)})
-        fig = F.gdc_curves(panels, colors, f"{ds}: metrics vs G (mean, 95% bootstrap CI band, one point per fold x seed)")
+                           "bands": _bands(d, m), "units": tag if m in TRANSFORM_UNITS else ""})
+        target = f", target {tag}" if tag else ""
+        fig = F.gdc_curves(panels, colors, f"{ds}{target}: metrics vs G (mean, 95% bootstrap CI band, one point per "
+                                           "fold x seed)")
         _add(c, fig, f"curves-{slug(ds)}", "curves", f"{ds}: Gene-Dimension-Curse curves",
              "Each metric against the panel size G on a log axis; lines are means over folds and seeds, bands "
              "the 95% bootstrap CI of the mean, points single cells. Grey band: the null (best image-free control "
-             "of each fold); green band: the split-half noise ceiling (both 95% bootstrap CIs over folds).", kind)
+             "of each fold); green band: the split-half noise ceiling (both 95% bootstrap CIs over folds)."
+             + (f" Target transform {tag}: MSE is in its units." if tag else ""), kind)
+
+
+def stat_key(kind: str, t: S.MetricTests) -> str:
+    """The figure key of a test's matrix ("wilcoxon") or CD diagram ("cd"): one per dataset x G x metric."""
+    return f"{kind}-{slug(t.metric)}-{slug(t.dataset)}-g{t.n_genes}"
 
 
 def _stat_figures(c: Content, colors, kind) -> None:
@@ -188,19 +200,20 @@ def _stat_figures(c: Content, colors, kind) -> None:
         if len(labs) < 2:
             continue
         p = {(x.b, x.a): x.p_holm for x in t.pairs} | {(x.a, x.b): x.p_holm for x in t.pairs}
-        n = {(x.b, x.a): x.n for x in t.pairs} | {(x.a, x.b): x.n for x in t.pairs}
+        n = {(x.b, x.a): x.n_used for x in t.pairs} | {(x.a, x.b): x.n_used for x in t.pairs}
         better = {(x.a, x.b): x.mean_diff > 0 for x in t.pairs} | {(x.b, x.a): x.mean_diff < 0 for x in t.pairs}
+        where = f"{short_name(t.metric)}, {t.dataset} G={t.n_genes}"
         # the matrix for the sort metric; every metric gets its table and CD diagram
         if t.metric == c.lb.metric and any(x.enough for x in t.pairs):
-            fig = F.pvalue_matrix(labs, p, n, better, f"{short_name(t.metric)}: paired Wilcoxon, Holm-adjusted p",
+            fig = F.pvalue_matrix(labs, p, n, better, f"{where}: paired Wilcoxon {t.over}, Holm-adjusted p",
                                   S.MIN_PAIRS)
-            _add(c, fig, f"wilcoxon-{slug(t.metric)}", "significance", f"{short_name(t.metric)}: pairwise tests",
-                 "Pairs over (dataset, G, fold, seed) blocks; n = pairs with a non-zero difference.", kind)
+            _add(c, fig, stat_key("wilcoxon", t), "significance", f"{where}: pairwise tests",
+                 f"Pairs {t.over}; n = {t.unit}s with a non-zero difference.", kind)
         if t.friedman.ran:
             fig = F.cd_diagram(t.friedman.mean_ranks, t.friedman.cd,
-                               f"{short_name(t.metric)}: mean ranks over {t.friedman.n_blocks} blocks "
+                               f"{where}: mean ranks over {S.units(t.friedman.n_units, t.unit)}, seeds averaged "
                                f"(Friedman p={t.friedman.p:.2g})", colors)
-            _add(c, fig, f"cd-{slug(t.metric)}", "significance", f"{short_name(t.metric)}: critical difference",
+            _add(c, fig, stat_key("cd", t), "significance", f"{where}: critical difference",
                  "Nemenyi critical difference at alpha 0.05: configurations joined by a bar are not told apart.", kind)
 
 

@@ -48,7 +48,8 @@ def gdc_curves(panels: Sequence[dict], colors: Mapping[str, tuple], title: str):
     """One axis per metric: x = G on a log axis, one line per configuration (mean), its 95% CI as
     a band and every fold x seed value as a point.
 
-    panels: [{"metric": header, "lower_better": bool, "lines": {label: {"G": (m,), "mean": (m,),
+    panels: [{"metric": header, "lower_better": bool, optional "units": the target transform of a score
+    in its units ("log1p", "mixed: log1p, log2p1"), "lines": {label: {"G": (m,), "mean": (m,),
     "low": (m,), "high": (m,), "points_G": (n,), "points": (n,)}}, optional "bands": {"null" | "ceiling":
     {"G": (m,), "low": (m,), "high": (m,)}}}]: the null and the noise ceiling as grey and green bands.
     """
@@ -89,8 +90,10 @@ def gdc_curves(panels: Sequence[dict], colors: Mapping[str, tuple], title: str):
         logy = p["lower_better"] and means.size and (means > 0).all() and means.max() / means.min() > 50
         if logy:
             ax.set_yscale("log")
-        ax.set_ylabel(p["metric"] + (" (lower is better)" if p["lower_better"] else "") + (", log" if logy else ""))
-        ax.set_title(p["metric"], fontsize=10)
+        units = [p["units"]] if p.get("units") else []
+        qualifiers = units + ["lower is better"] * bool(p["lower_better"]) + ["log"] * bool(logy)
+        ax.set_ylabel(p["metric"] + (f" ({'; '.join(qualifiers)})" if qualifiers else ""))
+        ax.set_title(p["metric"] + (f" ({units[0]})" if units else ""), fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)

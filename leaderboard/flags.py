@@ -1,8 +1,9 @@
 """Warnings a reader must see beside a dataset's scores, for every report format: a within-patient
 split, a gene panel chosen with the test slides, an encoder or method pretrained on the
-benchmark's own corpus, folds of several splits or encoders pooled in one row, oracle rows
-computed from the truth, rows computed by different code versions, cells whose mean left out a
-test slide with a NaN score."""
+benchmark's own corpus, presets tuned on the dataset's test slides (the method card's
+``tuned_on``), folds of several splits, encoders or target transforms pooled in one row, oracle
+rows computed from the truth, rows computed by different code versions, cells whose mean left out
+a test slide with a NaN score."""
 
 from __future__ import annotations
 
@@ -25,12 +26,18 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     if overlap:
         flags.append(f"pretraining overlap: the encoder's pretraining data shares {', '.join(overlap)} "
                      "with this dataset")
+    flags.extend(_tuned_on_test(g))
     for column, what, where in (("split", "folds of {n} split kinds", "one mean"),
                                 ("encoder", "cells of {n} image encoders", "one row per method configuration")):
         kinds = sorted({str(x) for x in g[column]}) if column in g.columns else []
         if len(kinds) > 1:
             flags.append(f"{what.format(n=len(kinds))} ({', '.join(kinds)}) pooled in {where}: "
                          f"report each with --{column} {kinds[0]}")
+    transforms = sorted({str(t) for t in g["target_transform"] if t}) if "target_transform" in g.columns else []
+    if len(transforms) > 1:
+        flags.append(f"cells of {len(transforms)} target transforms ({', '.join(transforms)}) on one board, pooled "
+                     "in a row where a configuration ran both: MSE and MAE are in different units across them "
+                     "(their headers say mixed); compare rows of one transform")
     from flag_bench.leaderboard.stats import reference_roles
 
     roles = reference_roles(sorted(set(g["method"])))
@@ -45,6 +52,40 @@ def dataset_flags(res, g) -> tuple[str, ...]:
     flags.extend(_code_versions(res, g))
     flags.extend(_nan_slides(res, g))
     return tuple(flags)
+
+
+def tuned_on_test(method: str, presets, dataset: str) -> tuple[str, ...]:
+    """The test slides of ``dataset`` whose scores chose ``method``'s ``presets``, from the
+    registered card's ``tuned_on`` (methods.base.Tuning), in the card's order; () for a method
+    whose card says nothing or that is not registered here (an unknown plugin)."""
+    from flag_bench.catalog import method_card
+    from flag_bench.errors import UserError
+
+    try:
+        card = method_card(method)
+    except (UserError, ImportError, AttributeError):
+        return ()
+    out: list[str] = []
+    for t in getattr(card, "tuned_on", ()) or ():
+        if t.preset in presets:
+            out += [s for s in t.slides_of(dataset) if s not in out]
+    return tuple(out)
+
+
+def _tuned_on_test(g) -> list[str]:
+    """Rows whose preset was chosen by looking at scores on this dataset's test slides."""
+    if g.empty or "preset" not in g.columns:
+        return []
+    ds = str(g["dataset"].iloc[0])
+    parts = []
+    for (method, preset), _ in g.groupby(["method", "preset"], sort=True):
+        slides = tuned_on_test(str(method), (str(preset),), ds)
+        if slides:
+            parts.append(f"{method} {preset} ({', '.join(slides)})")
+    if not parts:
+        return []
+    return [f"presets tuned on this dataset's test slides: {', '.join(parts)}: their scores here are optimistic; "
+            "see each card's tuned_on (flag-bench show METHOD)"]
 
 
 def _code_versions(res, g) -> list[str]:

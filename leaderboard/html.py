@@ -14,14 +14,14 @@ import math
 from typing import Sequence
 
 from flag_bench.leaderboard import fmt
-from flag_bench.leaderboard.content import Content, fmt_p, slug
+from flag_bench.leaderboard.content import Content, fmt_p, stat_key
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, bound_values, calibration_note,
-                                          role_label, role_legend, short_name)
+                                          role_label, role_legend, short_name, transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
-from flag_bench.leaderboard.stats import MIN_PAIRS, WILCOXON_NOTE
+from flag_bench.leaderboard.stats import CI_NOTE, MDE_NOTE, MIN_PAIRS, WILCOXON_NOTE, units
 from flag_bench.leaderboard.terminal import direction_text
 
 SECTIONS = (("protocol", "Protocol and coverage"), ("leaderboard", "Leaderboard"),
@@ -108,10 +108,11 @@ def leaderboard_section(c: Content) -> list[str]:
             rows = [r for r in board.rows if r.n_genes == g]
             if not rows:
                 continue
-            out.append(f"<h3>{esc(board.dataset)}, G = {g}</h3>")
+            target = f", target {transform_tag(board.transforms)}" if board.transforms else ""
+            out.append(f"<h3>{esc(board.dataset)}, G = {g}{esc(target)}</h3>")
             head = ['<th class="l" data-col="method">method</th>', '<th data-col="cells">cells</th>']
             head += [f'<th data-col="{esc(col)}" title="{esc(lb.info[col].description)}">'
-                     f'{esc(lb.header(col))}{_arrow(lb, col)}</th>' for col in lb.shown]
+                     f'{esc(lb.header(col, board))}{_arrow(lb, col)}</th>' for col in lb.shown]
             out.append(f'<div class="wide"><table class="sortable board" data-dataset="{esc(board.dataset)}" '
                        f'data-genes="{g}"><thead><tr>{"".join(head)}</tr></thead><tbody>')
             for r in rows:
@@ -189,41 +190,67 @@ def protocol_section(c: Content) -> list[str]:
 
 
 def significance_section(c: Content) -> list[str]:
-    out = [f'<p class="muted">Paired on (dataset, G, fold, seed) blocks of one metric. {esc(WILCOXON_NOTE)}. '
-           f"A test needs at least {MIN_PAIRS} pairs (below that an exact two-sided signed-rank test cannot reach "
-           "p &lt; 0.05), and Friedman needs 3 or more configurations and that many complete blocks; "
-           "otherwise this section says \"too few pairs\" and prints no p-value.</p>"]
+    out = [f'<p class="muted">Per dataset × G × metric, over test folds: the unit is one test slide (one held-out '
+           "patient for a patient split); each configuration's seeds are averaged within a unit before any test, and "
+           f"seeds never count as units. {esc(WILCOXON_NOTE)}. {esc(CI_NOTE)}. {esc(MDE_NOTE)}. A test needs at least "
+           f"{MIN_PAIRS} units with a non-zero difference (with n units an exact two-sided signed-rank test's "
+           "smallest p is 2/2<sup>n</sup>, 0.0625 at n = 5: it cannot reach p &lt; 0.05), and Friedman needs 3 or more "
+           "configurations and that many complete units; otherwise this section says \"too few\" and prints no "
+           "p-value. Groups: configurations by mean, best first; those sharing a letter are not told apart "
+           "(no pair among them at Holm p &lt; 0.05).</p>"]
     figs = {f.key: f for f in c.figures if f.section == "significance"}
+    by_metric: dict[str, list] = {}
     for t in c.tests:
-        name = c.lb.header(t.metric) if t.metric in c.lb.info else t.metric
-        out.append(f'<h3 id="sig-{esc(t.metric)}">{esc(name)} (<code>{esc(t.metric)}</code>)</h3>')
-        if not t.pairs:
-            out.append('<p class="too-few">One configuration only: nothing to compare.</p>')
-            continue
-        out.append('<table class="pairs"><thead><tr><th class="l">a</th><th class="l">b</th><th>pairs n</th>'
-                   '<th>mean a − b (better &gt; 0)</th><th>W</th><th>null</th><th>p</th><th>Holm p</th></tr></thead>'
-                   '<tbody>')
-        for p in t.pairs:
-            if p.enough:
-                tail = (f"<td>{p.statistic:g}</td><td>{esc(p.null)}</td><td>{fmt_p(p.p)}</td>"
-                        f"<td>{fmt_p(p.p_holm)}</td>")
-            else:
-                tail = f'<td colspan="4" class="l too-few">too few pairs (n={p.n})</td>'
-            out.append(f'<tr><td class="l">{esc(p.a)}</td><td class="l">{esc(p.b)}</td><td>{p.n}</td>'
-                       f"<td>{fmt.num(p.mean_diff)}</td>{tail}</tr>")
-        out.append("</tbody></table>")
-        fr = t.friedman
-        if fr.ran:
-            out.append(f"<p>Friedman χ² = {fr.statistic:.3g}, p = {fmt_p(fr.p)} over {fr.n_blocks} complete blocks; "
-                       f"Nemenyi critical difference {fr.cd:.2f} in mean rank.</p>")
-        else:
-            out.append(f'<p class="too-few">Friedman: {esc(fr.reason)}.</p>')
-        if fr.excluded:
-            out.append(f'<p class="muted">Left out of Friedman (no value in any cell): {esc(", ".join(fr.excluded))}.</p>')
-        for key in (f"wilcoxon-{slug(t.metric)}", f"cd-{slug(t.metric)}"):
-            if key in figs:
-                out.append(_figure_html(figs[key]))
+        by_metric.setdefault(t.metric, []).append(t)
+    for metric, tests in by_metric.items():
+        name = c.lb.header(metric) if metric in c.lb.info else metric
+        out.append(f'<h3 id="sig-{esc(metric)}">{esc(name)} (<code>{esc(metric)}</code>)</h3>')
+        for t in tests:
+            out += _metric_tests_html(t)
+            out += [_figure_html(figs[k]) for k in (stat_key("wilcoxon", t), stat_key("cd", t)) if k in figs]
     return out
+
+
+def _metric_tests_html(t) -> list[str]:
+    """One dataset x G of one metric: groups, the MDE, every pair, Friedman, the variance split."""
+    out = [f"<h4>{esc(t.dataset)}, G = {t.n_genes}: {esc(t.over)}</h4>"]
+    if not t.pairs:
+        return out + ['<p class="too-few">One configuration only: nothing to compare.</p>']
+    g = t.groups
+    letters = ", ".join(f"{esc(lab)} ({g.letters[lab]})" for lab in g.order)
+    out.append(f'<p class="groups">Groups: {letters}.' + (f" {esc(g.note)}." if g.note else "") + "</p>")
+    out.append(f'<p class="mde">{esc(t.mde_line())}.</p>')
+    out.append('<table class="pairs"><thead><tr><th class="l">a</th><th class="l">b</th><th>n</th>'
+               '<th>mean a − b (better &gt; 0)</th><th>95% CI</th><th>MDE</th><th>min p</th><th>W</th><th>null</th>'
+               '<th>p</th><th>Holm p</th></tr></thead><tbody>')
+    for p in t.pairs:
+        if p.enough:
+            tail = (f"<td>{p.statistic:g}</td><td>{esc(p.null)}</td><td>{fmt_p(p.p)}</td>"
+                    f"<td>{fmt_p(p.p_holm)}</td>")
+        else:
+            tail = f'<td colspan="4" class="l too-few">too few {esc(t.unit)}s (n={p.n_used})</td>'
+        out.append(f'<tr><td class="l">{esc(p.a)}</td><td class="l">{esc(p.b)}</td><td>{p.n}</td>'
+                   f"<td>{fmt.num(p.mean_diff)}</td><td>[{fmt.num(p.ci_low)}, {fmt.num(p.ci_high)}]</td>"
+                   f"<td>{fmt.num(p.mde)}</td><td>{fmt_p(p.min_p)}</td>{tail}</tr>")
+    out.append("</tbody></table>")
+    fr = t.friedman
+    if fr.ran:
+        out.append(f"<p>Friedman χ² = {fr.statistic:.3g}, p = {fmt_p(fr.p)} over {esc(units(fr.n_units, t.unit))} "
+                   f"(complete, seeds averaged); Nemenyi critical difference {fr.cd:.2f} in mean rank.</p>")
+    else:
+        out.append(f'<p class="too-few">Friedman: {esc(fr.reason)}.</p>')
+    if fr.excluded:
+        out.append(f'<p class="muted">Left out of Friedman (no value in any cell): {esc(", ".join(fr.excluded))}.</p>')
+    return out + _variance_html(t)
+
+
+def _variance_html(t) -> list[str]:
+    out = ['<table class="variance"><thead><tr><th class="l">configuration</th><th>units</th><th>seeds</th>'
+           f"<th>sd between {esc(t.unit)}s</th><th>seed sd</th><th>seed share of variance</th></tr></thead><tbody>"]
+    for v in t.variance:
+        out.append(f'<tr><td class="l">{esc(v.label)}</td><td>{v.n_units}</td><td>{v.n_seeds}</td>'
+                   f"<td>{fmt.num(v.sd_between)}</td><td>{fmt.num(v.sd_seed)}</td><td>{fmt.num(v.seed_share)}</td></tr>")
+    return out + ["</tbody></table>"]
 
 
 def scaled_section(c: Content) -> list[str]:

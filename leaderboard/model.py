@@ -35,6 +35,11 @@ COSTS = {"fit_seconds": ("fit s", "wall seconds in fit"), "predict_seconds": ("p
          "peak_gpu_mb": ("GPU MB", "peak GPU memory of the cell, MB"),
          "n_parameters": ("params", "trainable parameters of the fitted model")}
 INT_COSTS = frozenset({"n_parameters"})
+# scores in the target transform's units (an MSE on ln(1 + count) is not one on log2(1 + count)):
+# their headers and legend lines name the transform; scale-free scores have it in the captions
+TRANSFORM_UNITS = frozenset({"mse", "mae"})
+TRANSFORM_TEXT = {"log1p": "ln(1 + count)", "log2p1": "log2(1 + count)",
+                  "log1p_cpm": "ln(1 + counts per million of the spot's total)"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Row:
     stats: Mapping[str, Stat]  # every score column (calibrated ones too), every cost column when asked for
     tiny: bool = False  # a cell of this row ran the tiny preset
     role: str = ""  # "null" or "oracle": a reference row, shown below the methods and never ranked
+    transforms: tuple[str, ...] = ()  # the target transforms of its cells (one, unless pooled)
+    tuned_on_test: tuple[str, ...] = ()  # test slides of this dataset whose scores chose its preset (card)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class DatasetBoard:
     flags: tuple[str, ...] = ()  # warnings beside the scores (leaderboard/flags.py)
     bounds: Mapping[tuple[int, str], Bound] = field(default_factory=dict)  # (G, score) -> null and ceiling
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)  # score -> location-sensitivity verdict
+    transforms: tuple[str, ...] = ()  # the target transforms of its cells: the units of MSE and MAE
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,40 @@ class Leaderboard:
     def shown(self) -> tuple[str, ...]:
         return (*self.columns, *self.costs)
 
-    def header(self, column: str) -> str:
+    @property
+    def transforms(self) -> tuple[str, ...]:
+        """The target transforms of every board's cells."""
+        return tuple(sorted({t for b in self.datasets for t in b.transforms}))
+
+    def header(self, column: str, board: "DatasetBoard | None" = None) -> str:
+        """A column's header, with the target transform where the score is in its units ("MSE
+        (log1p)"): ``board``'s transforms in its table, every board's in a legend."""
         info = self.info.get(column)
-        return info.header if info else short_name(column)
+        text = info.header if info else short_name(column)
+        return unit_header(column, text, self.transforms if board is None else board.transforms)
+
+
+def transform_tag(transforms: Sequence[str]) -> str:
+    """'log1p'; 'mixed: log1p, log2p1' where cells of several transforms are pooled; '' if none recorded."""
+    names = sorted({str(t) for t in transforms if t})
+    return "" if not names else names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+
+
+def unit_header(column: str, header: str, transforms: Sequence[str]) -> str:
+    """``header`` with the transform of ``transforms`` when ``column`` is in its units: "MSE (log1p)"."""
+    tag = transform_tag(transforms)
+    return f"{header} ({tag})" if tag and column in TRANSFORM_UNITS else header
+
+
+def units_text(transforms: Sequence[str]) -> str:
+    """The legend's words for the units: 'on log1p targets, ln(1 + count)' ('' if none recorded)."""
+    names = sorted({str(t) for t in transforms if t})
+    if not names:
+        return ""
+    what = ", ".join(f"{t} = {TRANSFORM_TEXT[t]}" if t in TRANSFORM_TEXT else t for t in names)
+    if len(names) == 1:
+        return f"in target units ({what})"
+    return f"in target units, mixed here ({what}): values of different transforms are not comparable"
 
 
 def short_name(score: str) -> str:
@@ -180,8 +219,11 @@ def metric_direction() -> dict[str, bool | None]:
     return {**out, **{cal_name(m): True for m in CALIBRATED if m in out}}
 
 
-def column_info(columns: Sequence[str], costs: Sequence[str] = ()) -> dict[str, ColumnInfo]:
+def column_info(columns: Sequence[str], costs: Sequence[str] = (),
+                transforms: Sequence[str] = ()) -> dict[str, ColumnInfo]:
+    """What each column is; ``transforms`` (the results' target transforms) give the units of MSE and MAE."""
     outputs = metric_outputs()
+    units = units_text(transforms)
     info = {}
     for c in columns:
         if c.endswith("_cal") and c[:-4] in outputs:
@@ -189,8 +231,9 @@ def column_info(columns: Sequence[str], costs: Sequence[str] = ()) -> dict[str, 
             continue
         o = outputs.get(c)
         # a plugin score without a registered Output still gets a header; its legend says so
+        text = (o.description if o else "") or "no description registered"
         info[c] = ColumnInfo(c, short_name(c), o.higher_is_better if o else None,
-                             (o.description if o else "") or "no description registered")
+                             f"{text}, {units}" if units and c in TRANSFORM_UNITS else text)
     for c in costs:
         header, text = COSTS.get(c, (c, c))
         info[c] = ColumnInfo(c, header, None, text, cost=True)
@@ -246,6 +289,7 @@ def _cost_columns(frame) -> tuple[str, ...]:
 
 
 def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> Row:
+    from flag_bench.leaderboard.flags import tuned_on_test
     from flag_bench.metrics.stats import summarize
 
     stats = {}
@@ -254,7 +298,13 @@ def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> R
         stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
     g_, method, config_hash = key
     return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
-               tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""))
+               tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""),
+               transforms=_transforms(g), tuned_on_test=tuned_on_test(method, sorted(set(g["preset"])),
+                                                                      str(g["dataset"].iloc[0])))
+
+
+def _transforms(g) -> tuple[str, ...]:
+    return tuple(sorted({str(t) for t in g["target_transform"] if t})) if "target_transform" in g.columns else ()
 
 
 def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
@@ -315,8 +365,8 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None,
         rows = _rows(g, (*cols, *cal_cols, *cost_cols), labels, metric, higher)
         boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve,
                                    tuple((flags or {}).get(str(ds), ())), bounds(g, calibrated),
-                                   board_verdicts(g, direction)))
+                                   board_verdicts(g, direction), _transforms(g)))
     # the default table's legend also describes the structure scores it leaves out; a --columns choice is the user's
     hidden = () if columns else tuple(column_info([c for c in LEGEND_ALWAYS if c in frame.columns and c not in cols]).values())
     return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards), cost_cols,
-                       column_info(cols, cost_cols), notes or Notes(), calibrated, hidden)
+                       column_info(cols, cost_cols, _transforms(frame)), notes or Notes(), calibrated, hidden)

@@ -3,22 +3,24 @@
 Each renderer is ``(Leaderboard, RenderOptions) -> str``; an HTML renderer is one more entry in
 RENDERERS. The terminal table (``terminal.py``) fits the width it is given; Markdown keeps the full
 "mean ± std [CI]" cells and lists the legend and notes; CSV is for machines: full precision, the
-table only.
+table only; JSON is for machines too: the board rows and every statistical test per dataset x G x
+metric (``RenderOptions.tests``, from ``stats.ranked_tests``), NaN written as null.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
-                                          bound_values, calibration_note, role_label,
+                                          bound_values, calibration_note, role_label, transform_tag,
                                           role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
@@ -33,6 +35,7 @@ MARKDOWN_WIDTH = 80  # where a Markdown note (a rerun command) breaks: the file 
 class RenderOptions:
     width: int | None = None  # the terminal table's width
     ci: bool | None = None  # the terminal's 95% CI: None when it fits, True always, False never
+    tests: Sequence[Any] = ()  # JSON: the stats.MetricTests to write beside the rows (stats.ranked_tests)
 
 
 # -- terminal (rich, no colour) -----------------------------------------------------------------
@@ -58,7 +61,7 @@ def _md_cell(lb: Leaderboard, r: Row, c: str) -> str:
 def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
     out = [f"## {board.dataset}\n\n{board.protocol}\n"]
     out += [f"**warning**: {f}\n" for f in board.flags]
-    head = ["G", "method", "cells", *(lb.header(c) + " " + arrow(lb, c) for c in lb.shown)]
+    head = ["G", "method", "cells", *(lb.header(c, board) + " " + arrow(lb, c) for c in lb.shown)]
     out += [_md_row([h.strip() for h in head]), "|" + "---|" * len(head)]
     # the label says "(tiny)" already; a mark in it would break a reader's match on the label
     out += [_md_row([str(r.n_genes), role_label(r), str(r.cells),
@@ -68,7 +71,7 @@ def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
         out += [f"**{TINY_MARK} rows labelled (tiny): {TINY_WARNING}**", ""]
     out += _md_calibration(lb, board)
     if board.curve:
-        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric)} vs G, mean over folds and seeds "
+        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric, board)} vs G, mean over folds and seeds "
                    "[95% bootstrap CI]\n")
         out += [_md_row(["method", *(f"G={g}" for g in board.genes)]), "|---|" + "---|" * len(board.genes)]
         out += [_md_row([r.label, *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)])
@@ -143,7 +146,8 @@ def _csv_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> list[str]:
     for m in VERDICT_COLUMNS:
         v = board.verdicts.get(m)
         cells.append("" if v is None or v.sensitive is None else ("yes" if v.sensitive else "no"))
-    return cells
+    # the units of mse/mae, and the test slides whose scores chose the row's preset (its card)
+    return cells + [transform_tag(r.transforms), " ".join(r.tuned_on_test)]
 
 
 # the location-sensitivity verdict of these scores, one CSV column each (empty: not assessed)
@@ -160,10 +164,55 @@ def to_csv(lb: Leaderboard, opts: RenderOptions) -> str:
         c = cal_name(m)
         head += [c, f"{c}_std", f"{c}_ci_low", f"{c}_ci_high", f"{c}_n", f"{m}_null", f"{m}_ceiling"]
     head += [f"{m}_location_sensitive" for m in VERDICT_COLUMNS]
+    head += ["target_transform", "tuned_on_test_slides"]
     w.writerow(head)
     for board in lb.datasets:
         w.writerows(_csv_row(board, r, lb) for r in board.rows)
     return buf.getvalue()
+
+
+# -- json ---------------------------------------------------------------------------------------
+def json_safe(obj):
+    """Plain data with NaN and inf as None (JSON has no NaN) and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()  # numpy scalar
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _json_stat(s: Stat) -> dict:
+    return {"mean": s.mean, "std": s.std, "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n}
+
+
+def _json_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> dict:
+    """What a CSV row holds, as nested data."""
+    cal = {}
+    for m in lb.calibrated:
+        b = board.bounds.get((r.n_genes, m))
+        cal[cal_name(m)] = {**_json_stat(r.stats[cal_name(m)]), "null": b.null if b else math.nan,
+                            "ceiling": b.ceiling if b else math.nan}
+    verdicts = {m: (None if v is None else v.sensitive) for m in VERDICT_COLUMNS for v in [board.verdicts.get(m)]}
+    return {"dataset": board.dataset, "n_genes": r.n_genes, "method": r.method, "label": r.label, "role": r.role,
+            "config_label": r.config_label, "config_hash": r.config_hash, "cells": r.cells, "tiny": r.tiny,
+            "scores": {c: _json_stat(r.stats[c]) for c in lb.shown}, "calibrated": cal,
+            "location_sensitive": verdicts, "target_transform": transform_tag(r.transforms),
+            "tuned_on_test_slides": list(r.tuned_on_test)}
+
+
+def to_json(lb: Leaderboard, opts: RenderOptions) -> str:
+    from flag_bench.leaderboard.stats import tests_as_data
+
+    doc = {"metric": lb.metric, "columns": list(lb.columns), "costs": list(lb.costs),
+           "calibrated": list(lb.calibrated), "legend": LEGEND,
+           "boards": [{"dataset": b.dataset, "protocol": b.protocol, "flags": list(b.flags),
+                       "rows": [_json_row(b, r, lb) for r in b.rows]} for b in lb.datasets],
+           "tests": [tests_as_data(t) for t in opts.tests]}
+    return json.dumps(json_safe(doc), indent=1, allow_nan=False, ensure_ascii=False) + "\n"
 
 
 Renderer = Callable[[Leaderboard, RenderOptions], str]
@@ -173,11 +222,14 @@ RENDERERS: dict[ReportFormat, Renderer] = {
     ReportFormat.TABLE: to_table,
     ReportFormat.MARKDOWN: to_markdown,
     ReportFormat.CSV: to_csv,
+    ReportFormat.JSON: to_json,
 }
 
 
-def render(lb: Leaderboard, fmt_: ReportFormat | str, *, width: int | None = None, ci: bool | None = None) -> str:
-    """The leaderboard as text in ``fmt_``; ``width`` and ``ci`` matter to the terminal table only.
+def render(lb: Leaderboard, fmt_: ReportFormat | str, *, width: int | None = None, ci: bool | None = None,
+           tests: Sequence[Any] = ()) -> str:
+    """The leaderboard as text in ``fmt_``; ``width`` and ``ci`` matter to the terminal table only,
+    ``tests`` (``stats.ranked_tests`` of the results frame) to JSON only.
 
     html, png and svg draw from the results too (maps, per-gene views): ``content.build_content``
     then ``html.render_html``, as ``flag-bench report`` does.
@@ -186,4 +238,4 @@ def render(lb: Leaderboard, fmt_: ReportFormat | str, *, width: int | None = Non
     if f in FIGURE_FORMATS:
         raise UserError(f"--format {f}: needs the results, not only the leaderboard; use "
                         "flag_bench.leaderboard.content.build_content and html.render_html")
-    return RENDERERS[f](lb, RenderOptions(width, ci))
+    return RENDERERS[f](lb, RenderOptions(width, ci, tuple(tests)))

@@ -17,7 +17,7 @@ from rich.cells import cell_len
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, bound_values,
-                                          calibration_note, role_label, role_legend, short_name)
+                                          calibration_note, role_label, role_legend, short_name, transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -50,7 +50,7 @@ def _value(lb: Leaderboard, r: Row, column: str, detail: str) -> str:
 def grid(lb: Leaderboard, board: DatasetBoard, detail: str) -> tuple[list[str], list[list[str]]]:
     """Headers and cell texts: the key columns, then every score and cost column."""
     common = common_label(board)
-    heads = [*KEY, *(lb.header(c) + arrow(lb, c) for c in lb.shown)]
+    heads = [*KEY, *(lb.header(c, board) + arrow(lb, c) for c in lb.shown)]
     body = [[str(r.n_genes), row_label(r, common), str(r.cells), *(_value(lb, r, c, detail) for c in lb.shown)]
             for r in board.rows]
     return heads, body
@@ -110,9 +110,10 @@ def board_renderables(lb: Leaderboard, board: DatasetBoard, width: int, detail: 
     nk = len(KEY)
     blocks = pack(w[:nk], w[nk:], width)
     common = common_label(board)
-    title = f"{board.dataset}: sorted by {lb.header(lb.metric)}{arrow(lb, lb.metric)}"
+    title = f"{board.dataset}: sorted by {lb.header(lb.metric, board)}{arrow(lb, lb.metric)}"
     if common:  # "small", or "small k=50" when every row has the same overrides
         title += f", {'preset' if ' ' not in common else 'config'} {common}"
+    title += f"; target {transform_tag(board.transforms)}" if board.transforms else ""
     out: list = []
     tiny = [r.tiny for r in board.rows]
     for i, block in enumerate(blocks):
@@ -169,7 +170,7 @@ def curve_renderables(lb: Leaderboard, board: DatasetBoard, width: int) -> list:
     body = [[r.label.replace(f" ({common})", "", 1) if common else r.label,
              *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)] for r in board.curve]
     w = widths(heads, body)
-    out: list = [Text(""), Text(f"{board.dataset}: {lb.header(lb.metric)} vs G (Gene-Dimension-Curse curve), "
+    out: list = [Text(""), Text(f"{board.dataset}: {lb.header(lb.metric, board)} vs G (Gene-Dimension-Curse curve), "
                       "mean over folds and seeds [95% bootstrap CI]", style="bold")]
     for block in pack(w[:1], w[1:], width):
         out.append(_table(heads, body, [0, *(1 + j for j in block)], [False] * len(body)))

@@ -2,9 +2,11 @@
 
 A method declares a frozen dataclass ``Config`` and named ``presets`` (``tiny`` for tests,
 ``small`` for CPU demos/CI, ``paper`` for the published hyper-parameters; every built-in method
-has all three, see tests/test_methods_config.py). The runner builds the config from a preset plus
-user overrides (unknown keys and values of the wrong type are one-line errors), seeds everything,
-then calls ``fit(train, val)`` and ``predict(test)``.
+has all three, see tests/test_methods_config.py). The card's ``tuned_on`` says what each preset was
+chosen on (one ``Tuning`` per preset, tests/test_tuned_on.py); a preset chosen by its scores on a
+benchmark's test slides names them, and every leaderboard of that dataset flags its rows. The
+runner builds the config from a preset plus user overrides (unknown keys and values of the wrong
+type are one-line errors), seeds everything, then calls ``fit(train, val)`` and ``predict(test)``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,49 @@ class PretrainedWeights:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """What one preset's values were chosen on, so a leaderboard can flag scores on the same data.
+
+    ``on``: the slides or data looked at (free text); ``metric``: what was compared;
+    ``test_slides``: the benchmark test slides whose scores informed the choice, each as
+    "dataset:slide" (e.g. "her2st-mini:C2"): a board of that dataset flags the preset's rows as
+    optimistic. Empty when no benchmark test score was looked at (or it is not known to have been)."""
+
+    preset: str
+    on: str
+    metric: str
+    test_slides: tuple[str, ...] = ()
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.test_slides, str):
+            raise ValueError(f"tuning of preset '{self.preset}': test_slides must be a tuple of 'dataset:slide' "
+                             f"names, got the string {self.test_slides!r}")
+        slides = tuple(self.test_slides)
+        bad = [s for s in slides if not isinstance(s, str) or not all(s.partition(":")[::2])]
+        if bad:
+            raise ValueError(f"tuning of preset '{self.preset}': test slides must read 'dataset:slide', got "
+                             f"{', '.join(map(repr, bad))}")
+        object.__setattr__(self, "test_slides", slides)
+
+    def slides_of(self, dataset: str) -> tuple[str, ...]:
+        """The test slides of ``dataset`` (a dataset name, e.g. "her2st-mini") that informed the
+        choice, without the dataset prefix."""
+        prefix = f"{dataset}:"
+        return tuple(s[len(prefix):] for s in self.test_slides if s.startswith(prefix))
+
+
+def same_tuning(on: str, metric: str, note: str = "", presets: Iterable[str] = PRESETS) -> tuple[Tuning, ...]:
+    """One identical Tuning per preset: for methods whose presets choose nothing (controls, oracles)."""
+    return tuple(Tuning(p, on, metric, (), note) for p in presets)
+
+
+# the tiny preset of every built-in: sized for tests, nothing compared
+TINY_TUNING = Tuning("tiny", "not tuned: a test-speed preset",
+                     "none (sized for test speed; its scores are not meaningful)")
+
+
+@dataclass(frozen=True)
 class MethodCard:
     name: str
     description: str
@@ -52,6 +97,7 @@ class MethodCard:
     default_run: bool = True  # part of `flag-bench run` without --methods
     pretrained: tuple[PretrainedWeights, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # JSON-able values
+    tuned_on: tuple[Tuning, ...] = ()  # what each preset was chosen on, one entry per preset
 
     def __post_init__(self) -> None:
         if isinstance(self.needs, str):
@@ -65,8 +111,21 @@ class MethodCard:
         pretrained = tuple(self.pretrained)
         if not all(isinstance(p, PretrainedWeights) for p in pretrained):
             raise ValueError(f"method card '{self.name}': pretrained must hold PretrainedWeights entries")
+        tuned_on = tuple(self.tuned_on)
+        if not all(isinstance(t, Tuning) for t in tuned_on):
+            raise ValueError(f"method card '{self.name}': tuned_on must hold Tuning entries")
+        presets = [t.preset for t in tuned_on]
+        twice = sorted({p for p in presets if presets.count(p) > 1})
+        if twice:
+            raise ValueError(f"method card '{self.name}': tuned_on has more than one entry for preset "
+                             f"{', '.join(map(repr, twice))}")
         object.__setattr__(self, "needs", needs)
         object.__setattr__(self, "pretrained", pretrained)
+        object.__setattr__(self, "tuned_on", tuned_on)
+
+    def tuning(self, preset: str) -> Tuning | None:
+        """The Tuning entry of ``preset``, None when the card does not say."""
+        return next((t for t in self.tuned_on if t.preset == preset), None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy (needs sorted), recorded with every result of the method."""
@@ -75,6 +134,7 @@ class MethodCard:
             "code_url": self.code_url, "needs": sorted(self.needs), "generative": self.generative,
             "licence": self.licence, "uses_validation": self.uses_validation, "default_run": self.default_run,
             "pretrained": [dataclasses.asdict(p) for p in self.pretrained], "extra": dict(self.extra),
+            "tuned_on": [{**dataclasses.asdict(t), "test_slides": list(t.test_slides)} for t in self.tuned_on],
         }
 
 
@@ -135,6 +195,16 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def predict(self, test) -> list[np.ndarray]:
         """One float32 (n_spots, n_genes) array per test slide, in target space."""
+
+    def predict_samples(self, test) -> list[np.ndarray] | None:
+        """Generative methods: one float32 (n_samples, n_spots, n_genes) array per test slide, the
+        draws (each clipped as configured) whose mean over axis 0 is what ``predict`` returns.
+
+        The harness calls this instead of ``predict`` when it returns arrays, takes their mean as
+        the prediction and also scores every draw, so a board can show a single sample's scores
+        beside the mean's (averaging draws smooths; one draw is what the model generates).
+        None (the default): the method has no separate draws."""
+        return None
 
     @classmethod
     def check_resources(cls, config: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from flag_bench.errors import CellFailure
-from flag_bench.methods.base import Method, MethodCard
+from flag_bench.methods.base import Method, MethodCard, same_tuning
 from flag_bench.methods.roles import NULL_ROLE, ORACLE_ROLE, is_oracle  # noqa: F401  (re-exported)
 
 
@@ -49,15 +49,22 @@ def receives_truth(cls) -> bool:
     return isinstance(cls, type) and issubclass(cls, Oracle) and cls.__module__ == __name__
 
 
+# oracles and truth-reading nulls: constants set by their definition, never compared on scores
+UNTUNED = same_tuning("no hyper-parameters tuned: constants set by the definition (oracle-noise sigma 0.5 by "
+                      "default, oracle-smooth k = 6, the hexagonal ring of Visium/ST spots)",
+                      "none: an oracle or null is a reference for the metrics")
+
+
 def _card(name: str, description: str, needs: frozenset[str]) -> MethodCard:
     return MethodCard(name=name, description=description, needs=needs, default_run=False,
                       extra={"role": ORACLE_ROLE,
-                             "note": "computed from the test truth: a reference for the metrics, not a method"})
+                             "note": "computed from the test truth: a reference for the metrics, not a method"},
+                      tuned_on=UNTUNED)
 
 
 def _null_card(name: str, description: str, needs: frozenset[str], note: str) -> MethodCard:
     return MethodCard(name=name, description=description, needs=needs, default_run=False,
-                      extra={"role": NULL_ROLE, "reads_truth": True, "note": note})
+                      extra={"role": NULL_ROLE, "reads_truth": True, "note": note}, tuned_on=UNTUNED)
 
 
 class Oracle(Method):

@@ -82,6 +82,7 @@ class StemNet(nn.Module):
 class Stem(TorchMethod):
     card = STEM
     Config = StemConfig
+    # what each preset was chosen on: the card's tuned_on (stem_card.py); keep it in step with this table
     presets = {
         "paper": {},
         # CPU demo: baselines-spec §4.10 (D 32, 2 blocks, batch 64, EMA 0.99, respaced sampling,
@@ -138,6 +139,9 @@ class Stem(TorchMethod):
 
     @torch.no_grad()
     def predict(self, test):
+        return [x.mean(axis=0) for x in self.predict_samples(test)]
+
+    def predict_samples(self, test):
         cfg = self.config
         require_embeddings(test, self.card.name)
         dev = torch.device(self.device)
@@ -160,7 +164,6 @@ class Stem(TorchMethod):
                 yc = rep[a:a + per]
                 x = ddpm_ancestral(lambda x, t: model_fn(x, t, yc), diff, (len(yc), self.n_genes_), gen, dev)
                 chunks.append(x)
-            samples = torch.cat(chunks).view(s.n_spots, cfg.n_samples, self.n_genes_)
-            pred = samples.clamp_min(0).mean(1) if cfg.clip_at_zero else samples.mean(1)
-            out.append(pred.cpu().numpy())  # each sample was clipped above when configured
+            samples = torch.cat(chunks).view(s.n_spots, cfg.n_samples, self.n_genes_).transpose(0, 1)
+            out.append((samples.clamp_min(0) if cfg.clip_at_zero else samples).cpu().numpy())
         return out

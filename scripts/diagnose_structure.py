@@ -116,11 +116,13 @@ class Tables:
 
     # -- 1b: the claims as paired tests ----------------------------------------------------------
     def claims_table(self) -> str:
-        """Paired over blocks (fold x seed): mean difference (> 0: a better), wins, Wilcoxon p
-        (none below 6 pairs, as in the report) and Holm across the claims of a split."""
+        """Paired over units (one per test slide, or per held-out patient; each configuration's seeds
+        averaged first, so seeds never count as units): mean difference (> 0: a better) with its 95%
+        t interval, wins, the MDE, Wilcoxon p (none below 6 units, as in the report) and Holm across
+        the claims of a split."""
         f = self.pick()
         higher = {"pcc_mean": True, "gsc": True, "ssc": True, "mse": False}
-        rows = []
+        rows, notes = [], []
         for split in SPLITS:
             g = f[f["split"] == split]
             found = []
@@ -128,20 +130,30 @@ class Tables:
                 h = g[g["method"].isin([a, b]) & g["default_config"]]
                 if h["method"].nunique() < 2:
                     continue
-                t = S.block_table(h, m, self.labels)
+                t = S.unit_table(h, m, self.labels)
                 la, lb = (self.labels[(x, h[h["method"] == x]["config_hash"].iloc[0])] for x in (a, b))
                 d = t[la] - t[lb] if higher[m] else t[lb] - t[la]
                 (pt,) = S.pairwise(t[[la, lb]], higher[m])
-                found.append((claim, a, b, m, t[la].mean(), t[lb].mean(), d.mean(), int((d > 0).sum()),
-                              int(d.notna().sum()), pt.p))
+                found.append((claim, a, b, m, t[la].mean(), t[lb].mean(), pt, int((d > 0).sum()), pt.p))
+            if found:
+                unit = S.unit_name(g)
+                n = max(x[6].n for x in found)
+                notes.append(f"{split}: n = {S.units(n, unit)}"
+                             + (": no pair can reach p < 0.05" if not any(x[6].enough for x in found) else ""))
             adj = S.holm([x[-1] for x in found])
-            for (claim, a, b, m, ma, mb, dm, wins, n, p), ph in zip(found, adj):
-                rows.append([split, claim, f"{a} vs {b}", METRICS[m], fmt(ma), fmt(mb), fmt(dm), f"{wins}/{n}",
-                             fmt(p, 4), fmt(ph, 4)])
-        return ("### The claims as paired comparisons (G = 200, folds x seeds as blocks)\n\n"
-                + md(["split", "claim", "pair", "metric", "a", "b", "a better by", "a wins", "Wilcoxon p",
-                      "Holm p"], rows)
-                + f"\n\nNo p-value below {S.MIN_PAIRS} pairs (the report's rule); Holm across the claims of a split.\n")
+            for (claim, a, b, m, ma, mb, pt, wins, p), ph in zip(found, adj):
+                rows.append([split, claim, f"{a} vs {b}", METRICS[m], fmt(ma), fmt(mb), fmt(pt.mean_diff),
+                             f"[{fmt(pt.ci_low)}, {fmt(pt.ci_high)}]", f"{wins}/{pt.n}", fmt(pt.mde),
+                             fmt(pt.min_p, 4), fmt(p, 4), fmt(ph, 4)])
+        return ("### The claims as paired comparisons (G = 200, test folds as units, seeds averaged)\n\n"
+                + md(["split", "claim", "pair", "metric", "a", "b", "a better by", "95% CI", "a wins", "MDE",
+                      "min p", "Wilcoxon p", "Holm p"], rows)
+                + ("\n\n" + "; ".join(notes) + "." if notes else "") + "\n\n"
+                + f"A unit is one test slide (one held-out patient across patients), each method's seeds averaged "
+                f"within it: seeds never count as units. No p-value below {S.MIN_PAIRS} units (the report's rule: "
+                "with n units the exact two-sided signed-rank test's smallest p, min p, is 2/2^n); Holm across "
+                "the claims of a split. 95% CI: Student t over the units. MDE: the difference a paired t-test "
+                "finds with 80% power at alpha 0.05 two-sided, given n and the sd of the differences.\n")
 
     # -- 2: oracle-noise levels -----------------------------------------------------------------
     def noise_table(self) -> str:

@@ -6,22 +6,25 @@
 #   bash scripts/reproduce_her2st.sh [RESULTS_DIR]          (default: flag-bench-reproduction)
 #   REPRO_PART=table bash scripts/reproduce_her2st.sh       only the table (part 1)
 #
-# Part 1, the table: HMHVG-200 fitted on each fold's training slides; leave-one-slide-out over
-# C2-C6 (split slide) and C -> B4 (split patient); the six seed methods, the FLAG ablations,
-# the four controls and the two oracles; preset small; seeds 0, 1, 2.
-# Part 2, the diagnostics (seed 0): one sample instead of the mean of the small preset's 8 (FLAG)
-# or 4 (Stem); color-stats instead of EfficientNet-Lite0 (ridge, knn, stem); G = 10, 50 and
-# (without FLAG) 800 beside 200. (The Gene Dimension Curse sweep of flag-joint and flag-node is the README's, run
-# apart: it alone takes about half an hour on 2 cores.) Moran weights (k = 4, 6, 8, radius) and
-# within- vs cross-patient folds need no new cells: scripts/diagnose_structure.py rescores the
-# saved predictions.
+# Part 1, the table: HMHVG-200 fitted on each fold's training slides; targets log2(1 + counts) as
+# the paper's (so MSE is in the paper's units); leave-one-slide-out over C2-C6 (split slide) and
+# C -> B4 (split patient); the six seed methods, the FLAG ablations, the four controls, the four
+# null controls and the oracles; preset small; seeds 0, 1, 2. Generative methods (flag, stem,
+# stflow) are scored on each draw as well as on the mean of their draws (sample.<score>).
+# Part 2, the diagnostics (seed 0): STFlow with 4 draws instead of 1; color-stats instead of
+# EfficientNet-Lite0 (ridge, knn, stem); G = 10, 50 and (without FLAG) 800 beside 200. The Gene
+# Dimension Curse sweep of flag-joint and flag-node is scripts/gdc_sweep.sh, run apart (a
+# flag-joint cell takes minutes on 2 cores). Moran weights (k = 4, 6, 8, radius) and within- vs
+# cross-patient folds need no new cells: scripts/diagnose_structure.py rescores the saved
+# predictions. REPRO_WORKERS=N runs N cells at a time (each on its share of the cores).
 set -euo pipefail
 
 RD="${1:-flag-bench-reproduction}"
 PART="${REPRO_PART:-all}"
 SEEDS="${REPRO_SEEDS:-0,1,2}"
+WORKERS="${REPRO_WORKERS:-1}"
 METHODS="flag,flag-no-gfm,flag-no-graph,flag-regression,stem,stflow,triplex,histogene,bleep"
-METHODS="$METHODS,mean,ridge,knn,ridge-smooth,oracle-smooth"
+METHODS="$METHODS,mean,ridge,knn,ridge-smooth,random-spot,gene-prior,null-shuffle,null-rotate,oracle-smooth"
 NOISE_LEVELS="0.25 0.5 1 2"
 CONF="$(mktemp -d)"
 trap 'rm -rf "$CONF"' EXIT
@@ -30,7 +33,8 @@ run() {  # run SPLIT ARGS...: one grid of the reproduction suite
     local split="$1"
     shift
     flag-bench run --datasets her2st-mini --panel hmhvg --preset small --split "$split" \
-        --results-dir "$RD" --suite her2st-paper --no-progress "$@"
+        --target-transform log2p1 --results-dir "$RD" --suite her2st-paper --workers "$WORKERS" \
+        --no-progress "$@"
 }
 
 noise_config() {  # the oracle-noise level as a config file (one config = one leaderboard row)
@@ -48,9 +52,11 @@ done
 [ "$PART" = table ] && exec python scripts/diagnose_structure.py "$RD" --table-only
 
 # -- part 2: diagnostics (seed 0), cheapest and most telling first ------------------------------
-printf '[methods.flag]\nn_samples = 1\n[methods.stem]\nn_samples = 1\n' > "$CONF/one-sample.toml"
-for split in slide patient; do  # one sample instead of the mean of several
-    run "$split" --genes 200 --seeds 0 --methods flag,stem --config "$CONF/one-sample.toml"
+# (one draw against the mean of draws needs no run: part 1 scores every draw of flag and stem.)
+# STFlow's official inference is one draw; four show how much its draws vary
+printf '[methods.stflow]\nn_samples = 4\n' > "$CONF/stflow-draws.toml"
+for split in slide patient; do
+    run "$split" --genes 200 --seeds 0 --methods stflow --config "$CONF/stflow-draws.toml"
 done
 for split in slide patient; do  # the image encoder
     run "$split" --genes 200 --seeds 0 --methods ridge,knn,stem --encoder color-stats

@@ -26,8 +26,11 @@ def _nanmean(v: np.ndarray) -> float:
 def write_demo_store(root: str | Path, *, methods: Sequence[str] = ("mean", "ridge", "flag"),
                      genes: Sequence[int] = (20, 50), folds: int = 2, seeds: Sequence[int] = (0,), side: int = 12,
                      artifacts: bool = True, test_informed: bool | None = None,
-                     pretraining_overlap: Sequence[str] | None = None, seed: int = 0) -> list[str]:
-    """Write len(methods) x len(genes) x folds x len(seeds) finished cells; returns their cell ids."""
+                     pretraining_overlap: Sequence[str] | None = None, seed: int = 0, dataset: str = "demo",
+                     preset: str = "tiny", target_transform: str = "log1p") -> list[str]:
+    """Write len(methods) x len(genes) x folds x len(seeds) finished cells; returns their cell ids.
+
+    ``dataset`` names the board (the spec stays ``demo``, so maps never load a registered dataset)."""
     import anndata as ad
     import pandas as pd
 
@@ -60,7 +63,7 @@ def write_demo_store(root: str | Path, *, methods: Sequence[str] = ("mean", "rid
             panel_stats = {"n_candidates": 300}
             if test_informed is not None:
                 panel_stats["test_informed"] = bool(test_informed)
-            protocol = {"protocol_version": "p2", "target_transform": "log1p", "split": "slide",
+            protocol = {"protocol_version": "p2", "target_transform": target_transform, "split": "slide",
                         "split_description": f"leave-one-slide-out over {','.join(slides)}",
                         "panel_selector": "hmhvg", "encoder": "color-stats", "patch": "112 um @ 0.5 um/px (224 px)",
                         "pcc_aggregation": "per-gene r over spots of each test slide, mean over genes, then mean "
@@ -82,10 +85,10 @@ def write_demo_store(root: str | Path, *, methods: Sequence[str] = ("mean", "rid
                     scores = {"pcc_mean": float(pcc.mean()), "pcc_pooled": float(pcc.mean()),
                               "mse": float(mse_g.mean()), "gsc": float(q * 0.9), "ssc": float(q * 0.8 + 0.05 * rng.random()),
                               "moran_abs_err": _nanmean(np.abs(mi_t - mi_p))}
-                    cell = Cell("demo", "demo", "v1", int(g), "hmhvg", (), m, "tiny", f"cfg{m}", "slide",
-                                f"test={test}", tuple(x for x in slides if x != test), (), (test,), int(s), "log1p",
-                                "color-stats", "112um-224px")
-                    rec = CellRecord(cell=cell, status="ok", method=MethodInfo(m, "tiny", {}), protocol=protocol,
+                    cell = Cell(dataset, "demo", "v1", int(g), "hmhvg", (), m, preset, f"cfg{m}", "slide",
+                                f"test={test}", tuple(x for x in slides if x != test), (), (test,), int(s),
+                                target_transform, "color-stats", "112um-224px")
+                    rec = CellRecord(cell=cell, status="ok", method=MethodInfo(m, preset, {}), protocol=protocol,
                                      provenance={}, device="cpu", started="2026-01-01T00:00:00+0000",
                                      finished=f"2026-01-{1 + f:02d}T00:00:00+0000", scores=scores,
                                      scores_per_slide={test: scores},

@@ -43,8 +43,8 @@ def _report(rd, out, *args):
 def page(tmp_path_factory):
     base = tmp_path_factory.mktemp("html")
     rd = base / "res"
-    # 2 G x 3 folds = 6 paired blocks: exactly enough for the tests to run
-    write_demo_store(rd, methods=("mean", "ridge", "flag", "stem"), genes=(20, 50), folds=3, side=10,
+    # 6 test slides per G: exactly enough units for the tests to run (seeds never count as units)
+    write_demo_store(rd, methods=("mean", "ridge", "flag", "stem"), genes=(20, 50), folds=6, side=10,
                      test_informed=True, pretraining_overlap=["TCGA-BRCA"])
     out = base / "leaderboard.html"
     return rd, out, _report(rd, out, "--genes-to-plot", "GENE0003")
@@ -61,8 +61,9 @@ def test_self_contained_every_section_and_figure(page):
     for sid in section_ids():
         assert f'<section id="{sid}" data-section="{sid}">' in text
     figs = _figures(text)
-    want = {"curves-demo", "wilcoxon-pcc_mean", "moran-demo", "pcc-genes-demo",
-            *(f"cd-{m}" for m in ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "moran_abs_err"))}
+    want = {"curves-demo", "wilcoxon-pcc_mean-demo-g20", "wilcoxon-pcc_mean-demo-g50", "moran-demo", "pcc-genes-demo",
+            *(f"cd-{m}-demo-g{g}" for m in ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "moran_abs_err")
+              for g in (20, 50))}
     assert want <= set(figs), sorted(figs)
     assert len([k for k in figs if k.startswith("map-")]) == 4  # one per configuration
     for key, b64 in figs.items():
@@ -88,9 +89,9 @@ def test_pooled_pcc_joins_pcc_in_the_columns_asked_for(page, tmp_path):
 
 def test_protocol_flags_and_coverage(page):
     text = html.unescape(page[2])
-    assert "test-informed gene panel (6 of 6 panels" in text  # 2 G x 3 folds, every one flagged
+    assert "test-informed gene panel (12 of 12 panels" in text  # 2 G x 6 folds, every one flagged
     assert "pretraining overlap: the encoder's pretraining data shares TCGA-BRCA" in text
-    assert "24 finished, 0 failed, 0 planned but missing." in text
+    assert "48 finished, 0 failed, 0 planned but missing." in text
 
 
 def test_no_flags_when_the_records_have_none(tmp_path):
@@ -102,16 +103,21 @@ def test_no_flags_when_the_records_have_none(tmp_path):
     assert "No test-informed panel, no pretraining overlap recorded." in text
 
 
-def test_one_fold_says_too_few_pairs_and_prints_no_p(tmp_path):
+def test_few_test_slides_say_too_few_and_print_no_p(tmp_path):
+    """5 test slides x 2 seeds: 10 cells per configuration, but 5 units, and no p-value anywhere."""
     rd = tmp_path / "res"
-    write_demo_store(rd, methods=("mean", "ridge", "flag"), genes=(20, 50, 100), folds=1, side=6)
-    text = _report(rd, tmp_path / "p.html")
+    write_demo_store(rd, methods=("mean", "ridge", "flag"), genes=(20,), folds=5, seeds=(0, 1), side=6)
+    text = html.unescape(_report(rd, tmp_path / "p.html"))
     sig = text[text.index('<section id="significance"'):text.index('<section id="scaled"')]
-    assert "too few pairs (n=3)" in sig and "Friedman: too few pairs (n=3 complete blocks)" in sig
+    assert "demo, G = 20: over 5 test slides, seeds averaged" in sig
+    assert "too few test slides (n=5)" in sig and "Friedman: too few test slides (n=5 complete" in sig
+    assert "n = 5 test slides: no pair can reach p < 0.05" in sig and "minimum detectable effect with n = 5" in sig
     assert "Friedman χ²" not in sig and "data-figure" not in sig
-    # no p-value anywhere: every pair row is the "too few" cell
-    rows = re.findall(r"<tr><td class=\"l\">.*?</tr>", sig)
-    assert rows and all("too few pairs" in r for r in rows)
+    # no p-value anywhere: every pair row is the "too few" cell, with the CI of its difference
+    # (n/a where the pair has no unit in common: Moran's I of the constant mean prediction)
+    rows = re.findall(r'<tr><td class="l">[^<]*</td><td class="l">.*?</tr>', sig)
+    assert rows and all("too few test slides" in r for r in rows)
+    assert all(re.search(r"<td>\[[-0-9.]+, [-0-9.]+\]</td>", r) for r in rows if "<td>5</td>" in r)
 
 
 def test_control_scaled_scores_section(page):

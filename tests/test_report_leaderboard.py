@@ -57,7 +57,7 @@ def test_every_format_has_a_renderer_and_table_is_a_table():
     with pytest.raises(UserError, match="--format html: needs the results"):
         render(lb, "html")  # drawn from the results by content.build_content, not from the model alone
     table = render(lb, "table", width=120)
-    assert "─" in table and "|---|" not in table and "MSE↓" in table
+    assert "─" in table and "|---|" not in table and "MSE (log1p)↓" in table  # MSE in the target's units
     rows = list(csv.DictReader(io.StringIO(render(lb, ReportFormat.CSV))))
     assert [r["label"] for r in rows] == [r.label for r in lb.datasets[0].rows]
     assert float(rows[0]["mse"]) == lb.datasets[0].rows[0].stats["mse"].mean  # full precision

@@ -19,7 +19,7 @@ from flag_bench.cli import app
 from flag_bench.config import RunConfig
 from flag_bench.driver import Driver
 from flag_bench.leaderboard import fmt
-from flag_bench.leaderboard.model import TINY_WARNING, build, metric_outputs, short_name
+from flag_bench.leaderboard.model import TINY_WARNING, build, metric_outputs
 from flag_bench.leaderboard.results import load_results
 from flag_bench.methods.base import MethodCard
 from flag_bench.methods.controls import MeanConfig, MeanControl
@@ -88,9 +88,9 @@ def test_80_columns_nothing_cut_no_row_wrapped(grid):
         for c in lb.columns:  # every value whole, on one of the row's lines (one line per block)
             assert fmt.compact(r.stats[c]) in joined, (r.label, c)
         assert re.search(rf"^\s*{r.n_genes}\s+{r.method}†\s+{r.cells}\s", lines[0])
-    for c in lb.columns:
-        assert re.search(rf"\s{re.escape(short_name(c))}[↑↓]\s", out), c
-    assert "sorted by PCC↑, preset tiny" in out
+    for c in lb.columns:  # MSE with its units: "MSE (log1p)↓"
+        assert re.search(rf"\s{re.escape(lb.header(c, board))}[↑↓]\s", out), c
+    assert "sorted by PCC↑, preset tiny; target log1p" in out
 
 
 def test_legend_tiny_warning_failed_and_missing_cells(grid):
@@ -151,7 +151,7 @@ def test_costs_ci_and_wide_terminal(grid):
     ci = report(grid, "--source", "store", "--ci").stdout
     assert all(len(ln) <= 80 for ln in ci.splitlines()) and re.search(r"±\d\.\d{3} \[-?\d\.\d{3},", ci)
     by_header = report(grid, "--source", "store", "--metric", "MSE", "--columns", "pcc,SSC@32").stdout
-    assert "sorted by MSE↓" in by_header and "continued" not in by_header and "GSC" not in by_header
+    assert "sorted by MSE (log1p)↓" in by_header and "continued" not in by_header and "GSC" not in by_header
     wide = report(grid, "--source", "store", columns=240).stdout
     assert "continued" not in wide and "95% bootstrap CI" in wide  # one block, with the CI: there is room
 

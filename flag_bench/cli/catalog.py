@@ -70,7 +70,29 @@ def _method_lines() -> list[str]:
         mark = "*" if in_default_run(name) else " "
         text = ("[plugin] " if plugin else "") + method_card(name).description
         out.append(f"{mark} {name:<{pad}}" + _cut(text, width - pad - 3))
+    listed = [n for n in names if METHODS.origin(n) == "built-in" or not METHODS.broken(n)]
+    tuned = [f"{name} {t.preset}: {_slides(t.test_slides)}" for name in listed
+             for t in _tunings(method_card(name)) if t.test_slides]
+    if tuned:  # their scores on those slides are optimistic: said here, on every leaderboard and in `show`
+        out += textwrap.wrap("presets chosen by their scores on benchmark test slides (flag-bench show):", width)
+        out += ["    " + _cut(line, width - 4) for line in tuned]
     return out
+
+
+def _tunings(card) -> list:
+    """The card's Tuning entries in preset order (tiny, small, paper, then any other)."""
+    entries = list(getattr(card, "tuned_on", ()) or ())
+    order = {p: i for i, p in enumerate(PRESET_ORDER)}
+    return sorted(entries, key=lambda t: order.get(t.preset, len(order)))
+
+
+def _slides(names) -> str:
+    """('her2st-mini:C2', 'her2st-mini:C3') -> 'her2st-mini C2, C3'."""
+    by: dict[str, list[str]] = {}
+    for n in names:
+        ds, _, slide = n.partition(":")
+        by.setdefault(ds, []).append(slide)
+    return "; ".join(f"{ds} {', '.join(slides)}" for ds, slides in by.items())
 
 
 def _metric_lines() -> list[str]:
@@ -140,6 +162,17 @@ def _card_lines(name: str, card, origin: str, default: bool) -> list[str]:
         out += _field("  licence", p.licence or "-", width)
     for key, value in dict(card.extra).items():
         out += _field(str(key), value, width)
+    tunings = _tunings(card)
+    if not tunings:
+        out += _field("tuned on", "not stated by the card", width)
+    for t in tunings:
+        out += _field(f"{t.preset} tuned", t.on, width)
+        out += _field("  compared", t.metric, width)
+        if t.test_slides:
+            out += _field("  test slides", f"{_slides(t.test_slides)}: their scores chose it, so its scores "
+                                           "there are optimistic", width)
+        if t.note:
+            out += _field("  note", t.note, width)
     return out
 
 

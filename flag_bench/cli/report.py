@@ -18,7 +18,7 @@ from flag_bench.spec import ReportFormat, ResultSource
 @app.command()
 def report(
     results_dir: Path = typer.Option(Path(DEFAULT_RESULTS_DIR), "--results-dir", help="Results dir of `flag-bench run`."),
-    fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, csv (full precision, the table only), html (one self-contained file with figures and statistics; needs --output FILE), png or svg (the figures as files; needs --output DIR)."),
+    fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, csv (full precision, the table only), json (the board rows and every statistical test per dataset x G x metric over test folds, seeds averaged: n, p, Holm p, 95% CI of the difference, min p, MDE, Friedman, groups, variance split; NaN as null), html (one self-contained file with figures and statistics; needs --output FILE), png or svg (the figures as files; needs --output DIR)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (a folder for png and svg) instead of the terminal."),
     metric: str = typer.Option("pcc_mean", "--metric", help="Sort key: a score name or its column header (pcc_mean or PCC, pcc_pooled, mse, gsc, gsc_cpm, ssc, ssc_spot, lee_l, ssc@32, ari, or a calibrated one such as gsc_cal)."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated score columns to show (names or headers), e.g. pcc_mean,pcc_pooled,mse for HEST's pooled PCC beside the per-slide mean."),
@@ -68,7 +68,7 @@ def report(
             from flag_bench.leaderboard.flags import all_flags
 
             lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes, flags=all_flags(res, frame))
-            _emit(lb, fmt, output, ci)
+            _emit(lb, fmt, output, ci, _tests(frame, lb) if fmt is ReportFormat.JSON else ())
         _epilogue(res, lb, fmt, len(frame))
     except UserError as exc:
         fail(str(exc))
@@ -85,7 +85,17 @@ def _nothing_finished(notes, suite: Optional[str]) -> None:
                     + "; run `flag-bench run` first")
 
 
-def _emit(lb, fmt: ReportFormat, output: Optional[Path], ci: Optional[bool]) -> None:
+def _tests(frame, lb) -> tuple:
+    """JSON: the tests of every score the board shows, per dataset x G, methods only."""
+    from flag_bench.leaderboard.calibration import add_calibration
+    from flag_bench.leaderboard.model import config_labels, metric_direction
+    from flag_bench.leaderboard.stats import ranked_tests
+
+    frame = add_calibration(frame)  # a calibrated column shown (gsc_cal) is tested like any score
+    return ranked_tests(frame, [c for c in lb.columns if c in frame.columns], metric_direction(), config_labels(frame))
+
+
+def _emit(lb, fmt: ReportFormat, output: Optional[Path], ci: Optional[bool], tests: tuple = ()) -> None:
     from flag_bench.leaderboard.render import render
     from flag_bench.leaderboard.terminal import print_leaderboard
 
@@ -94,7 +104,7 @@ def _emit(lb, fmt: ReportFormat, output: Optional[Path], ci: Optional[bool]) -> 
         print_leaderboard(lb, out, ci=ci)
         return
     # a table written to a file is laid out for this terminal, as it would have printed
-    text = render(lb, fmt, width=out.width, ci=ci)
+    text = render(lb, fmt, width=out.width, ci=ci, tests=tests)
     if output is None:
         sys.stdout.write(text)
         return

@@ -83,6 +83,7 @@ class BleepNet(nn.Module):
 class Bleep(TorchMethod):
     card = BLEEP
     Config = BleepConfig
+    # what each preset was chosen on: the card's tuned_on (card.py); keep it in step with this table
     presets = {
         "paper": {},
         # CPU: the encoder is not fine-tuned (ResNet-50/EfficientNet on 224 px tiles costs minutes

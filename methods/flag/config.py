@@ -30,6 +30,10 @@ measured on her2st-mini (train C3–C5, val C6, test C2, G=50, efficientnet-lite
 - ``standardize_targets``, ``time_scale=1000``, ``ema_warmup``: short runs; per-gene z-scores; a
   time embedding whose frequencies resolve t in [0.01, 1].
 
+Those comparisons were test-slide scores (C2, and C3 / C6 in the folds testing them), so ``small``
+and every variant's small table built on it are flagged on her2st-mini boards: each card's
+``tuned_on`` (methods/flag/cards.py) says so.
+
 The variants' tables are written out below as the variant's base table plus its changes, in
 that order; ``PRESETS[name]`` is exactly what ``--preset`` selects for method ``name``.
 """

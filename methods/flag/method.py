@@ -224,19 +224,23 @@ class Flag(TorchMethod):
         return max(1, self.config.predict_windows // self.draws_per_window(n_samples))
 
     def _predict_slides(self, net, slides: list[WindowedSlide], n_spots: list[int], n_samples: int, steps: int,
-                        gen, dev, max_windows: int | None = None) -> list[np.ndarray]:
-        """Mean of n samples per spot; each spot belongs to exactly one window."""
+                        gen, dev, max_windows: int | None = None, keep_samples: bool = False) -> list[np.ndarray]:
+        """Mean of n samples per spot (N, G) per slide, or with ``keep_samples`` the draws
+        themselves (n, N, G); each spot belongs to exactly one window."""
         picks = all_picks(slides)
         if max_windows is not None and max_windows < len(picks):
             sel = torch.randperm(len(picks), generator=gen)[:max_windows].sort().values.tolist()
             picks = [picks[i] for i in sel]
-        preds = [np.full((n, self.n_genes_), np.nan, dtype=np.float32) for n in n_spots]
+        n_draws = self.draws_per_window(n_samples)
+        shape = (lambda n: (n, n_draws, self.n_genes_)) if keep_samples else (lambda n: (n, self.n_genes_))
+        out = [np.full(shape(n), np.nan, dtype=np.float32) for n in n_spots]
         per = self._windows_per_sampling_batch(n_samples)
         for a in range(0, len(picks), per):
             batch = collate(slides, picks[a:a + per], dev, padded=("cond",))
-            mean = self._sample_batch(net, batch, n_samples, steps, gen, dev).mean(1).cpu().numpy()
-            scatter_windows(mean, batch.where, preds)
-        return preds
+            x = self._sample_batch(net, batch, n_samples, steps, gen, dev)  # (B, n, N, G)
+            x = x.transpose(1, 2) if keep_samples else x.mean(1)  # spot-major, so windows scatter by spot
+            scatter_windows(x.cpu().numpy(), batch.where, out)
+        return [o.transpose(1, 0, 2) for o in out] if keep_samples else out
 
     def sampler_description(self) -> str:
         return f"Heun PF-ODE {self.config.sampling_steps} steps + Tweedie"
@@ -291,14 +295,21 @@ class Flag(TorchMethod):
         return self
 
     def predict(self, test):
+        return [x.mean(axis=0) for x in self._draws(test)]
+
+    def predict_samples(self, test):
+        return self._draws(test) if self.card.generative else None
+
+    def _draws(self, test) -> list[np.ndarray]:
+        """(n_draws, N, G) per test slide."""
         cfg = self.config
         require_embeddings(test, self.card.name)
         dev = torch.device(self.device)
         gen = self.generator(PREDICT)
         slides = self._prepare(test, False)
-        preds = self._predict_slides(self.ema_, slides, [s.n_spots for s in test.slides], cfg.n_samples,
-                                     cfg.sampling_steps, gen, dev)
-        for p, s in zip(preds, test.slides):
-            if np.isnan(p).any():
+        draws = self._predict_slides(self.ema_, slides, [s.n_spots for s in test.slides], cfg.n_samples,
+                                     cfg.sampling_steps, gen, dev, keep_samples=True)
+        for x, s in zip(draws, test.slides):
+            if np.isnan(x).any():
                 raise RuntimeError(f"windows of slide {s.slide_id} did not cover every spot")
-        return preds
+        return draws

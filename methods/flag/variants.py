@@ -76,6 +76,9 @@ class FlagRegression(Flag):
     def draws_per_window(self, n_samples: int) -> int:
         return 1
 
+    def predict_samples(self, test):
+        return None  # one deterministic output: no draws to score apart from the prediction
+
     def sampler_description(self) -> str:
         return "deterministic regressor"
 

@@ -130,6 +130,7 @@ def grid_positions(coords_um: np.ndarray, step_um: float | None) -> tuple[np.nda
 class HisToGene(TorchMethod):
     card = HISTOGENE
     Config = HisToGeneConfig
+    # what each preset was chosen on: the card's tuned_on (card.py); keep it in step with this table
     presets = {
         # paper: the tutorial's model. Memory per sequence of N spots (fp32, training): input
         # N x 37,632 x 4 B (~0.15 MB per spot) plus per layer 16 x N^2 x 4 B attention scores kept

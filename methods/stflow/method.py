@@ -55,6 +55,9 @@ class STFlowConfig:
     zinb_logits: float = 0.1
     zinb_zi_logits: float = 0.0
     n_sample_steps: int = 5  # grid points; n - 1 function evaluations
+    # prior draws denoised per slide, averaged into the prediction; the official inference is one
+    # draw, so the prediction is a single sample unless this is raised
+    n_samples: int = 1
     t_start: float = 0.01
     lr: float = 5e-4
     grad_clip: float | None = 1.0
@@ -76,8 +79,9 @@ class STFlowConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if min(self.hidden_dim, self.edge_dim, self.n_layers, self.n_heads, self.n_neighbors, self.epochs,
-               self.batch_size, self.sample_times) < 1:
-            raise ValueError("widths, n_layers, n_heads, n_neighbors, epochs, batch_size, sample_times must be >= 1")
+               self.batch_size, self.sample_times, self.n_samples) < 1:
+            raise ValueError("widths, n_layers, n_heads, n_neighbors, epochs, batch_size, sample_times, n_samples "
+                             "must be >= 1")
         if self.hidden_dim % self.n_heads or self.edge_dim % self.n_heads:
             raise ValueError("hidden_dim and edge_dim must be multiples of n_heads")
         if self.n_sample_steps < 2 or not 0.0 <= self.t_start < 1.0:
@@ -116,6 +120,7 @@ def pooled_pcc(pred: np.ndarray, truth: np.ndarray) -> float:
 class STFlow(TorchMethod):
     card = STFLOW
     Config = STFlowConfig
+    # what each preset was chosen on: the card's tuned_on (card.py); keep it in step with this table
     presets = {
         # paper: upstream defaults (d 128, 4 layers, SwiGLU, k 8, Adam 5e-4, batch 2 sub-slides, 10 per
         # slide per epoch, 100 epochs, patience 20). GPU memory measured on an H200
@@ -265,7 +270,7 @@ class STFlow(TorchMethod):
     def _sampling(self) -> dict:
         cfg = self.config
         return {"grid": f"linspace({cfg.t_start}, 1, {cfg.n_sample_steps})", "nfe": cfg.n_sample_steps - 1,
-                "samples": 1, "prior": cfg.prior, "seed": self.seed,
+                "samples": cfg.n_samples, "prior": cfg.prior, "seed": self.seed,
                 "zinb": [cfg.zinb_total_count, cfg.zinb_logits, cfg.zinb_zi_logits] if cfg.prior == "zinb" else None}
 
     def _deviations(self, train) -> dict:
@@ -293,13 +298,22 @@ class STFlow(TorchMethod):
     # -- predict -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, test):
+        return [x.mean(axis=0) for x in self.predict_samples(test)]
+
+    def predict_samples(self, test):
+        """(n_samples, N, G) per slide: each draw a fresh prior sample denoised over the whole slide
+        (draw 0 is the one a single-sample run makes: the generator is consumed in the same order)."""
         self.net_.eval()
         gen = self.generator(PREDICT)
         out = []
         for s in test.slides:
-            x0 = self._prior((s.n_spots, test.n_genes), gen)
-            if s.n_spots == 0:
-                out.append(np.zeros((0, test.n_genes), np.float32))
-                continue
-            out.append(self._generate(self.net_, self._slide(s, targets=False), x0).cpu().numpy().astype(np.float32))
+            draws = []
+            for _ in range(self.config.n_samples):
+                x0 = self._prior((s.n_spots, test.n_genes), gen)
+                if s.n_spots == 0:
+                    draws.append(np.zeros((0, test.n_genes), np.float32))
+                    continue
+                draws.append(self._generate(self.net_, self._slide(s, targets=False), x0).cpu().numpy()
+                             .astype(np.float32))
+            out.append(np.stack(draws))
         return out

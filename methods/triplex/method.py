@@ -114,6 +114,7 @@ class TriplexConfig:
 class Triplex(TorchMethod):
     card = TRIPLEX
     Config = TriplexConfig
+    # what each preset was chosen on: the card's tuned_on (card.py); keep it in step with this table
     presets = {
         # paper: the official HER2ST ("andersson", new code) model and recipe with the Ciga
         # ResNet-18. GPU memory of one training step (batch 128 x 224 px, 25 x 512 neighbour

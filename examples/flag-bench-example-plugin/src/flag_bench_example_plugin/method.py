@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flag_bench.methods.base import Method, MethodCard
+from flag_bench.methods.base import Method, MethodCard, Tuning
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ class Smoother(Method):
         needs=frozenset({"embeddings", "coords"}),  # coords: TestData always has them
         licence="MIT",
         default_run=False,  # plugins run when named in --methods
+        # what each preset was chosen on; a preset chosen by its scores on a benchmark's test slides
+        # lists them ("her2st-mini:C2"), and every leaderboard of that dataset flags its rows
+        tuned_on=(
+            Tuning("tiny", "not tuned: a test-speed preset", "none"),
+            Tuning("small", "not tuned: illustrative values for the documentation", "none"),
+            Tuning("paper", "no published configuration: illustrative values", "none"),
+        ),
     )
     Config = SmootherConfig
     presets = {
