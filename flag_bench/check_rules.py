@@ -48,6 +48,7 @@ class Contract:
             ("summary, n_parameters", self.summary),
             ("inputs unchanged", self.inputs_unchanged),
             ("deterministic", self.deterministic),
+            ("draws average to the prediction", self.draws),
             ("TestData holds no truth", self.walk),
             ("ignores test truth", self.scramble),
         ]
@@ -164,6 +165,28 @@ class Contract:
                              "(draw randomness from self.seed_streams(k))")
         self.repeatable = True
         return "same seed, same predictions"
+
+    def draws(self) -> str:
+        """A method that returns its draws (``predict_samples``): one (n, N, G) array per slide,
+        the same n everywhere, finite, and their mean is ``predict``'s output (the harness scores
+        the mean as the prediction and each draw apart)."""
+        from flag_bench.errors import CellFailure
+        from flag_bench.scoring import check_samples
+
+        preds = self._predictions()
+        draws = self._fitted().predict_samples(self.views.test)
+        if draws is None:
+            return "no separate draws"
+        try:
+            draws = check_samples(self.name, draws, self.views.test)
+        except CellFailure as exc:
+            raise Failed(str(exc)) from None
+        for x, p, s in zip(draws, preds, self.views.test.slides):
+            mean = x.mean(axis=0)
+            if not np.allclose(mean, p, rtol=1e-5, atol=1e-5):
+                raise Failed(f"slide {s.slide_id}: the mean of the {x.shape[0]} draws differs from predict's "
+                             f"output by up to {float(np.abs(mean - p).max()):.3g}")
+        return f"{draws[0].shape[0]} draw(s) per slide"
 
     def walk(self) -> str:
         views = self.views if self.views is not None else fold_views(self.cls, self.ds)

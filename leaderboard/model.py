@@ -1,7 +1,10 @@
 """The leaderboard as typed data: what every renderer (terminal, markdown, csv, later HTML) draws.
 
-A row is ONE method configuration (dataset x G x method x config hash) summarised over its folds
-and seeds: mean ± std with a bootstrap 95% CI of the mean (``flag_bench.metrics.stats``). Two
+A row is ONE method configuration (dataset x G x method x config hash) summarised over its test
+folds, the unit of replication (a test slide or a held-out patient): seeds are averaged within each
+fold first, then mean ± std over the folds with a bootstrap 95% CI of the mean that resamples
+folds, never seeds (``flag_bench.metrics.stats``; the seed spread is the statistics' variance
+split). Two
 configurations of one method are two rows, never one mean shown as if it were fold spread, and
 each gets a readable label: the method plus the preset and overridden keys ("knn (small k=50)"),
 plus the short config hash where two configurations still share that text. The metric-vs-G curve
@@ -27,7 +30,8 @@ from flag_bench.leaderboard.stats import reference_roles
 LEGEND_ALWAYS = ("gsc_frobenius", "gsc_cpm", "ssc@32")
 # ssc@32 (top-32 genes: noise on slides of a few hundred spots) is one --columns away
 DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "ari")
-LEGEND = "one row per method configuration; mean ± std over folds and seeds [95% bootstrap CI of the mean]"
+LEGEND = ("one row per method configuration; mean ± std over test folds, seeds averaged within each fold "
+          "[95% bootstrap CI of the mean over folds]")
 TINY_WARNING = "tiny preset: for tests, scores are not meaningful"
 # costs are the harness's own measurements, not registered metrics: their legend lives here
 COSTS = {"fit_seconds": ("fit s", "wall seconds in fit"), "predict_seconds": ("predict s", "wall seconds in predict"),
@@ -293,14 +297,21 @@ def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> R
     from flag_bench.metrics.stats import summarize
 
     stats = {}
+    units = unit_means(g, cols)
     for c in cols:
-        s = summarize(g[c].to_numpy(dtype=float), level=0.95, seed=0)
+        s = summarize(units[c].to_numpy(dtype=float), level=0.95, seed=0)
         stats[c] = Stat(s.mean, s.std, s.ci_low, s.ci_high, s.n)
     g_, method, config_hash = key
     return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
                tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""),
                transforms=_transforms(g), tuned_on_test=tuned_on_test(method, sorted(set(g["preset"])),
                                                                       str(g["dataset"].iloc[0])))
+
+
+def unit_means(g, cols: Sequence[str]):
+    """Cells of one configuration -> one row per test fold (the unit of replication), each score
+    the mean over that fold's seeds (NaN seeds left out): seeds are never independent units."""
+    return g.groupby(["dataset", "fold"], sort=True)[list(cols)].mean()
 
 
 def _transforms(g) -> tuple[str, ...]:
@@ -329,7 +340,8 @@ def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow,
     from flag_bench.metrics.stats import bootstrap_ci
 
     pts: dict[tuple[str, str], dict[int, CurvePoint]] = {}
-    values = {key: g[metric].to_numpy(dtype=float) for key, g in frame.groupby(["method", "config_hash", "n_genes"])}
+    values = {key: unit_means(g, [metric])[metric].to_numpy(dtype=float)
+              for key, g in frame.groupby(["method", "config_hash", "n_genes"])}
     for r in curves(frame, metric).itertuples(index=False):
         low, high = bootstrap_ci(values[(r.method, r.config_hash, r.n_genes)], level=0.95, seed=0)
         pts.setdefault((r.method, r.config_hash), {})[int(r.n_genes)] = CurvePoint(r.mean, r.std, int(r.n), low, high)

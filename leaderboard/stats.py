@@ -138,6 +138,30 @@ def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     return float((t.ppf(1.0 - alpha / 2.0, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n))
 
 
+HOLDS, NOT_AT_SCALE, CONTRADICTED = "holds", "not reproduced at this scale", "contradicted"
+NO_CI = "no CI: fewer than 2 units"
+
+
+def claim_verdict(ci_low: float, ci_high: float, paper_effect: float | None) -> str:
+    """A claim that a beats b (effect = a - b in the claim's direction, > 0 = as claimed) against
+    the observed effect's CI over units and the paper's effect:
+
+    - ``holds``: the CI excludes zero on the claimed side (low > 0);
+    - ``contradicted``: the CI excludes the paper's effect (or, when the paper gives no number,
+      lies wholly below zero: no positive effect is compatible);
+    - ``not reproduced at this scale``: otherwise: the CI holds zero and the paper's effect, so
+      this design can neither confirm nor refute it.
+
+    A missing CI (one unit) gives NO_CI: one test slide or patient cannot judge a claim."""
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return NO_CI
+    if ci_low > 0:
+        return HOLDS
+    if paper_effect is None or not math.isfinite(paper_effect):
+        return CONTRADICTED if ci_high < 0 else NOT_AT_SCALE
+    return NOT_AT_SCALE if ci_low <= paper_effect <= ci_high else CONTRADICTED
+
+
 def letter_groups(order: Sequence[str], separated) -> tuple[tuple[str, ...], ...]:
     """Configurations in mean order, best first, and the separated pairs (frozensets) -> the
     maximal runs of consecutive configurations with no separated pair inside."""

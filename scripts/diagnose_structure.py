@@ -28,8 +28,18 @@ from flag_bench.metrics.structure import ssc_scores
 
 G_TABLE = 200
 ENCODER = "efficientnet-lite0"
+TRANSFORM_TEXT = "log2(1 + counts), the paper's (so MSE is in the paper's units)"
 SPLITS = {"slide": "within patient: C2-C6 left out in turn", "patient": "cross patient: C -> B4"}
-METRICS = {"pcc_mean": "PCC", "mse": "MSE", "gsc": "GSC", "ssc": "SSC", "ssc@32": "SSC@32"}
+METRICS = {"pcc_mean": "PCC", "mse": "MSE (log2p1)", "gsc": "GSC", "ssc": "SSC", "ssc@32": "SSC@32",
+           "ssc_spot": "SSC spot", "lee_l": "Lee L"}
+HIGHER = {"pcc_mean": True, "mse": False, "gsc": True, "ssc": True, "ssc@32": True, "ssc_spot": True, "lee_l": True}
+TABLE_METRICS = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l")
+PAPER_METRICS = ("pcc_mean", "mse", "gsc", "ssc")
+STRUCTURE = ("gsc", "ssc", "ssc_spot", "lee_l")
+SAMPLE_METRICS = ("pcc_mean", "mse", "gsc", "ssc")
+# image-free controls: neither the image nor the test expression (the mean control, a random
+# training spot, each gene's training Moran's I matched on the test coordinates)
+IMAGE_FREE = ("mean", "random-spot", "gene-prior")
 # FLAG paper, HER2ST, HMHVG-200 (flag-spec.md 6.1 Table 1 and 6.2 ablation); "" = not recovered
 PAPER = {
     "flag": {"pcc_mean": 0.684, "mse": 0.734, "gsc": 0.893, "ssc": 0.639},
@@ -41,6 +51,15 @@ PAPER = {
     "triplex": {"pcc_mean": 0.691, "gsc": 0.559, "ssc": 0.071},
 }
 SEED_METHODS = ("stem", "stflow", "triplex", "histogene", "bleep")
+
+
+def paper_effect(a: str, b: str, metric: str) -> float | None:
+    """The paper's a - b on ``metric`` in the claim's direction (b - a for MSE), or None where the
+    paper reports no number for one of them."""
+    pa, pb = PAPER.get(a, {}).get(metric), PAPER.get(b, {}).get(metric)
+    if pa is None or pb is None:
+        return None
+    return pa - pb if HIGHER[metric] else pb - pa
 # The paper's claims as paired comparisons (a better than b on metric), declared before any result
 CLAIMS = [
     ("the graph drives SSC", "flag", "flag-no-graph", "ssc"),
@@ -82,78 +101,173 @@ class Tables:
         f["label"] = [labels[(m, h)] for m, h in zip(f["method"], f["config_hash"])]
         f["default_config"] = f["config_label"].isin(["small"])
         self.f = f
+        self.roles = S.reference_roles(sorted(set(f["method"])))
         self.oracles = set(S.oracle_methods(sorted(set(f["method"]))))
+        self.reference = set(self.roles)
         self.labels = labels
 
     def pick(self, *, g=G_TABLE, encoder=ENCODER, default=True, seeds=None):
         f = self.f[(self.f["n_genes"] == g) & (self.f["encoder"] == encoder)]
         if default:
-            f = f[f["default_config"] | f["method"].isin(self.oracles)]
+            f = f[f["default_config"] | f["method"].isin(self.reference)]
         if seeds is not None:
             f = f[f["seed"].isin(seeds)]
         return f
 
     # -- 1: the paper's table -----------------------------------------------------------------
+    def units(self, h: pd.DataFrame, metric: str) -> pd.Series:
+        """One value per test fold (the unit), the mean over that fold's seeds."""
+        return h.groupby("fold")[metric].mean()
+
+    def mu(self, h: pd.DataFrame, metric: str) -> str:
+        """mean ± sd over the units (seeds averaged within each unit first)."""
+        return ms(self.units(h, metric)) if metric in h.columns else "n/a"
+
     def main_table(self) -> str:
         f = self.pick()
-        out = [f"### The table: her2st-mini, HMHVG-{G_TABLE}, preset small, {ENCODER}, seeds "
-               f"{', '.join(map(str, sorted(f['seed'].unique())))}; mean ± sd over folds x seeds\n"]
+        seeds = ", ".join(map(str, sorted(f["seed"].unique())))
+        out = [f"### The table: her2st-mini, HMHVG-{G_TABLE}, preset small, {ENCODER}, targets "
+               f"{TRANSFORM_TEXT}, seeds {seeds}; mean ± sd over test slides (seeds averaged within each)\n"]
         for split, title in SPLITS.items():
             g = f[f["split"] == split]
             if g.empty:
                 continue
             rows = []
-            for label, h in sorted(g.groupby("label"), key=lambda kv: -kv[1]["ssc"].mean()):
+            for label, h in sorted(g.groupby("label"), key=lambda kv: -self.units(kv[1], "ssc").mean()):
                 method = h["method"].iloc[0]
                 paper = PAPER.get(method, {}) if label == f"{method} (small)" or label == method else {}
-                mark = " (oracle)" if method in self.oracles else ""
-                rows.append([f"{label}{mark}", str(len(h))] + [ms(h[m]) for m in ("pcc_mean", "mse", "gsc", "ssc")]
-                            + [fmt(paper.get(m)) if m in paper else "" for m in ("pcc_mean", "mse", "gsc", "ssc")])
+                role = self.roles.get(method)
+                mark = f" [{role}]" if role else ""
+                rows.append([f"{label}{mark}", str(h["fold"].nunique()), str(h["seed"].nunique())]
+                            + [self.mu(h, m) for m in TABLE_METRICS]
+                            + [fmt(paper.get(m)) if m in paper else "" for m in PAPER_METRICS])
             out.append(f"**{title}** ({g['fold'].nunique()} folds)\n")
-            out.append(md(["method", "cells", "PCC", "MSE", "GSC", "SSC", "paper PCC", "paper MSE", "paper GSC",
-                           "paper SSC"], rows) + "\n")
+            out.append(md(["method", "units", "seeds", *[METRICS[m] for m in TABLE_METRICS],
+                           *[f"paper {METRICS[m]}" for m in PAPER_METRICS]], rows) + "\n")
         return "\n".join(out)
 
-    # -- 1b: the claims as paired tests ----------------------------------------------------------
+    # -- 1b: the claims, with the paper's effects ------------------------------------------------
+    def _pair(self, g: pd.DataFrame, a: str, b: str, metric: str):
+        """Seed-averaged units of a and b (default configurations) -> PairTest, or None."""
+        h = g[g["method"].isin([a, b]) & g["default_config"]]
+        if h["method"].nunique() < 2 or metric not in h.columns:
+            return None
+        t = S.unit_table(h, metric, self.labels)
+        la, lb = (self.labels[(x, h[h["method"] == x]["config_hash"].iloc[0])] for x in (a, b))
+        (pt,) = S.pairwise(t[[la, lb]], HIGHER[metric])
+        return pt, t[la].mean(), t[lb].mean()
+
     def claims_table(self) -> str:
-        """Paired over units (one per test slide, or per held-out patient; each configuration's seeds
-        averaged first, so seeds never count as units): mean difference (> 0: a better) with its 95%
-        t interval, wins, the MDE, Wilcoxon p (none below 6 units, as in the report) and Holm across
-        the claims of a split."""
+        """Each claim: the effect a - b in the claim's direction over units (one per test slide, or
+        per held-out patient; seeds averaged first, so seeds never count as units) with its 95% t
+        interval, beside the paper's effect, and the verdict rule of S.claim_verdict."""
         f = self.pick()
-        higher = {"pcc_mean": True, "gsc": True, "ssc": True, "mse": False}
         rows, notes = [], []
         for split in SPLITS:
             g = f[f["split"] == split]
             found = []
             for claim, a, b, m in CLAIMS:
-                h = g[g["method"].isin([a, b]) & g["default_config"]]
-                if h["method"].nunique() < 2:
-                    continue
-                t = S.unit_table(h, m, self.labels)
-                la, lb = (self.labels[(x, h[h["method"] == x]["config_hash"].iloc[0])] for x in (a, b))
-                d = t[la] - t[lb] if higher[m] else t[lb] - t[la]
-                (pt,) = S.pairwise(t[[la, lb]], higher[m])
-                found.append((claim, a, b, m, t[la].mean(), t[lb].mean(), pt, int((d > 0).sum()), pt.p))
-            if found:
-                unit = S.unit_name(g)
-                n = max(x[6].n for x in found)
-                notes.append(f"{split}: n = {S.units(n, unit)}"
-                             + (": no pair can reach p < 0.05" if not any(x[6].enough for x in found) else ""))
-            adj = S.holm([x[-1] for x in found])
-            for (claim, a, b, m, ma, mb, pt, wins, p), ph in zip(found, adj):
-                rows.append([split, claim, f"{a} vs {b}", METRICS[m], fmt(ma), fmt(mb), fmt(pt.mean_diff),
-                             f"[{fmt(pt.ci_low)}, {fmt(pt.ci_high)}]", f"{wins}/{pt.n}", fmt(pt.mde),
-                             fmt(pt.min_p, 4), fmt(p, 4), fmt(ph, 4)])
-        return ("### The claims as paired comparisons (G = 200, test folds as units, seeds averaged)\n\n"
-                + md(["split", "claim", "pair", "metric", "a", "b", "a better by", "95% CI", "a wins", "MDE",
-                      "min p", "Wilcoxon p", "Holm p"], rows)
+                got = self._pair(g, a, b, m)
+                if got is not None:
+                    found.append((claim, a, b, m, *got))
+            if not found:
+                continue
+            unit = S.unit_name(g)
+            n = max(x[4].n for x in found)
+            notes.append(f"{split}: n = {S.units(n, unit)}"
+                         + (": no pair can reach p < 0.05" if not any(x[4].enough for x in found) else ""))
+            adj = S.holm([x[4].p for x in found])
+            for (claim, a, b, m, pt, ma, mb), ph in zip(found, adj):
+                pe = paper_effect(a, b, m)
+                rows.append([split, claim, f"{a} vs {b}", METRICS[m], str(pt.n), fmt(ma), fmt(mb),
+                             f"{fmt(pt.mean_diff)} [{fmt(pt.ci_low)}, {fmt(pt.ci_high)}]",
+                             "not reported" if pe is None else fmt(pe), fmt(pt.mde), fmt(pt.min_p, 4),
+                             fmt(ph, 4), f"**{S.claim_verdict(pt.ci_low, pt.ci_high, pe)}**"])
+        return ("### The claims: observed effect beside the paper's (G = 200, test slides as units, seeds "
+                "averaged)\n\n"
+                + md(["split", "claim", "pair", "metric", "units", "a", "b", "effect [95% CI]", "paper effect",
+                      "MDE", "min p", "Holm p", "verdict"], rows)
                 + ("\n\n" + "; ".join(notes) + "." if notes else "") + "\n\n"
-                + f"A unit is one test slide (one held-out patient across patients), each method's seeds averaged "
-                f"within it: seeds never count as units. No p-value below {S.MIN_PAIRS} units (the report's rule: "
-                "with n units the exact two-sided signed-rank test's smallest p, min p, is 2/2^n); Holm across "
-                "the claims of a split. 95% CI: Student t over the units. MDE: the difference a paired t-test "
-                "finds with 80% power at alpha 0.05 two-sided, given n and the sd of the differences.\n")
+                + "Effect: a - b in the claim's direction (> 0: as the paper claims; for MSE, b - a). A unit is "
+                "one test slide (one held-out patient across patients), each method's seeds averaged within it. "
+                "95% CI: Student t over the units. Verdict: holds where the CI excludes zero on the claimed side; "
+                "not reproduced at this scale where it holds zero and the paper's effect; contradicted where it "
+                "excludes the paper's effect (where the paper gives no number: lies wholly below zero); one unit "
+                "gives no CI and no verdict. MDE: the difference a paired t-test finds with 80% power at alpha "
+                f"0.05 two-sided, given n and the sd of the differences. No p-value below {S.MIN_PAIRS} units "
+                "(with n units the exact two-sided signed-rank test's smallest p is 2/2^n); Holm across the "
+                "claims of a split.\n")
+
+    # -- 1c: structure scores against the image-free controls --------------------------------------
+    def controls_table(self) -> str:
+        """Each method's structure score minus the best image-free control's (by mean over units),
+        paired over units, with its 95% t interval."""
+        f = self.pick()
+        rows = []
+        for split in SPLITS:
+            g = f[f["split"] == split]
+            for m in STRUCTURE:
+                if m not in g.columns:
+                    continue
+                ctl = g[g["method"].isin(IMAGE_FREE)]
+                if ctl.empty:
+                    continue
+                floor = max(sorted(set(ctl["method"])), key=lambda x: self.units(ctl[ctl["method"] == x], m).mean())
+                base = self.units(g[g["method"] == floor], m)
+                for label, h in sorted(g[~g["method"].isin(self.reference) & g["default_config"]].groupby("label")):
+                    d = (self.units(h, m) - base).dropna()
+                    mean, lo, hi = S.t_interval(d.to_numpy())
+                    verdict = "above" if lo > 0 else "below" if hi < 0 else "not separable" if np.isfinite(lo) else "one unit"
+                    rows.append([split, METRICS[m], label, f"{floor} {fmt(base.mean())}", str(len(d)),
+                                 f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]", verdict])
+        return ("### Structure scores against the image-free controls (G = 200; units as above)\n\n"
+                + md(["split", "metric", "method", "best image-free control", "units", "method - control [95% CI]",
+                      "vs control"], rows)
+                + "\n\nImage-free controls: " + ", ".join(IMAGE_FREE) + " (methods/nulls.py, methods/controls.py): "
+                "no image, no test expression. The best of them by mean sets the floor a structure score must "
+                "clear before it says anything about the image.\n")
+
+    # -- 1d: generative methods, one draw against the mean of draws -------------------------------
+    def samples_table(self) -> str:
+        f = self.pick()
+        rows = []
+        for split in SPLITS:
+            g = f[(f["split"] == split) & f["default_config"]]
+            for label, h in sorted(g.groupby("label")):
+                if "n_samples" not in h.columns or not h["n_samples"].notna().any():
+                    continue
+                nd = int(h["n_samples"].max())
+                for m in SAMPLE_METRICS:
+                    col, sd = f"sample.{m}", f"sample_sd.{m}"
+                    if col not in h.columns:
+                        continue
+                    d = (self.units(h, col) - self.units(h, m)).dropna()
+                    if not HIGHER[m]:
+                        d = -d
+                    mean, lo, hi = S.t_interval(d.to_numpy())
+                    rows.append([split, label, str(nd), METRICS[m], self.mu(h, m),
+                                 f"{fmt(self.units(h, col).mean())} ± {fmt(self.units(h, sd).mean())}",
+                                 f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]"])
+        return ("### Generative methods: one draw against the mean of draws (G = 200)\n\n"
+                + md(["split", "method", "draws", "metric", "mean of draws (over units)",
+                      "one draw: mean ± sd over draws", "one draw better by [95% CI over units]"], rows)
+                + "\n\nThe harness scores every draw (`sample.<score>`, `sample_sd.<score>`) beside the mean of "
+                "the draws, which is the prediction every other table uses. 'mean ± sd over draws': the sd of "
+                "a score across one cell's draws, averaged over cells. STFlow's official inference is one draw, "
+                "so its two columns coincide.\n")
+
+    # -- 1e: slide-to-slide against seed-to-seed spread -------------------------------------------
+    def variance_table(self) -> str:
+        f = self.pick()
+        rows = []
+        for split in SPLITS:
+            g = f[(f["split"] == split) & ~f["method"].isin(self.reference) & f["default_config"]]
+            for m in ("pcc_mean", "gsc", "ssc"):
+                for v in S.variance_split(g, m, self.labels):
+                    rows.append([split, METRICS[m], v.label, fmt(v.sd_between), fmt(v.sd_seed), fmt(v.seed_share, 2)])
+        return ("### Variance split: test slides against seeds (G = 200)\n\n"
+                + md(["split", "metric", "method", "sd between units", "seed sd within a unit", "seed share"], rows)
+                + "\n")
 
     # -- 2: oracle-noise levels -----------------------------------------------------------------
     def noise_table(self) -> str:
@@ -162,8 +276,9 @@ class Tables:
         rows = []
         for split in SPLITS:
             for label, h in f[f["split"] == split].groupby("label"):
-                rows.append([split, label, str(len(h))] + [ms(h[m]) for m in METRICS])
-        return "### Oracles (seeds pooled)\n\n" + md(["split", "oracle", "cells", *METRICS.values()], rows) + "\n"
+                rows.append([split, label, str(h["fold"].nunique())] + [self.mu(h, m) for m in METRICS])
+        return ("### Oracles (mean ± sd over test slides, seeds averaged)\n\n"
+                + md(["split", "oracle", "units", *METRICS.values()], rows) + "\n")
 
     # -- 3: against G ---------------------------------------------------------------------------
     def _sweep(self):
@@ -212,20 +327,31 @@ class Tables:
                 + md(["split", "method", "variant", "cells", *METRICS.values(), "mean I pred", "mean I true"], rows)
                 + "\n")
 
-    def samples_table(self) -> str:
-        f = self.pick(default=False, seeds=[0])
-        f = f[f["method"].isin(["flag", "stem"])]
-        one = f[f["config_label"].str.contains("n_samples=1", regex=False)]
-        many = f[f["default_config"]]
-        return self.variant_table("One sample vs the mean of the small preset's samples (FLAG 8, Stem 4)",
-                                  {"mean of samples": many, "one sample": one})
-
     def encoder_table(self) -> str:
         rows = {}
         for enc in (ENCODER, "color-stats"):
             f = self.pick(encoder=enc, seeds=[0])
             rows[enc] = f[f["method"].isin(["ridge", "knn", "stem"])]
+        if rows["color-stats"].empty:
+            return ""
         return self.variant_table("Image encoder", rows)
+
+    def stflow_draws_table(self) -> str:
+        """STFlow with 4 draws (part 2), its per-draw scores beside the mean of its draws."""
+        f = self.pick(default=False, seeds=[0])
+        f = f[(f["method"] == "stflow") & f["config_label"].str.contains("n_samples=4", regex=False)]
+        if f.empty:
+            return ""
+        rows = []
+        for split in SPLITS:
+            h = f[f["split"] == split]
+            for m in SAMPLE_METRICS:
+                if h.empty or f"sample.{m}" not in h.columns:
+                    continue
+                rows.append([split, METRICS[m], self.mu(h, m),
+                             f"{fmt(h[f'sample.{m}'].mean())} ± {fmt(h[f'sample_sd.{m}'].mean())}"])
+        return ("### STFlow with 4 draws (G = 200, seed 0)\n\n"
+                + md(["split", "metric", "mean of 4 draws", "one draw: mean ± sd over draws"], rows) + "\n")
 
     # -- 6: Moran weights -----------------------------------------------------------------------
     def weights_table(self) -> str:
@@ -295,9 +421,12 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=Path, help="default RESULTS_DIR/reproduction-tables.md")
     a = ap.parse_args(argv)
     t = Tables(a.results_dir)
-    parts = [t.main_table(), t.claims_table(), t.noise_table()]
+    parts = [t.main_table(), t.claims_table(), t.controls_table(), t.samples_table(), t.variance_table(),
+             t.noise_table()]
     if not a.table_only:
-        parts += [t.g_table(), t.samples_table(), t.encoder_table(), t.weights_table(), t.slide_table()]
+        # the diagnostics of part 2: each table only where its cells exist
+        parts += [x for x in (t.g_table(), t.encoder_table(), t.stflow_draws_table()) if x]
+        parts += [t.weights_table(), t.slide_table()]
     text = "\n".join(parts)
     out = a.output or a.results_dir / "reproduction-tables.md"
     out.write_text(text)

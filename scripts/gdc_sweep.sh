@@ -24,10 +24,10 @@
 # so rerun the same command after an interruption. The loop runs the cheapest cells first (small
 # G first, every fold and seed of it, both heads) so an interrupted sweep leaves complete
 # small-G columns. A step with failed cells does not stop the sweep; the script exits non-zero
-# at the end. Cost on the 2-core CPU: the README's p1 sweep (flag, flag-joint, flag-node, stem;
-# 6 G, one fold, one seed) took 31 min for 36 cells, about 50 s a cell and more at large G, so
-# the full grid (2 methods x 2 heads x 4 G x 5 folds x 3 seeds = 240 cells) takes hours;
-# GDC_SEEDS=0 is a third of it.
+# at the end. Cost on the 2-core CPU: one flag-joint cell (small, G = 200, fold C2, seed 0)
+# took 509 s to fit and 29 s to sample (measured 2026-12-06, torch 2.14.1, not quiet), so the
+# full grid (2 methods x 2 heads x 4 G x 5 folds x 3 seeds = 240 cells) is a day or more of
+# CPU: run it on a GPU (--device cuda), or narrow it with GDC_GENES / GDC_SEEDS / GDC_FOLDS.
 #
 # Environment: GDC_GENES (default 10,50,200,800), GDC_SEEDS (default 0,1,2), GDC_FOLDS (fold
 # indices 0-4 = C2-C6; default all, and --folds is then not passed), GDC_WORKERS (default 1).

@@ -360,3 +360,16 @@ def test_report_format_json(tmp_path):
     # stdout, without --output: the same document
     res = CliRunner().invoke(app, ["report", "--results-dir", str(rd), "--format", "json"])
     assert res.exit_code == 0 and json.loads(res.stdout) == doc
+
+
+@pytest.mark.parametrize("low, high, paper, verdict", [
+    (0.01, 0.20, 0.30, S.HOLDS),  # excludes zero on the claimed side, even if below the paper's effect
+    (-0.05, 0.40, 0.30, S.NOT_AT_SCALE),  # holds zero and the paper's effect
+    (-0.05, 0.10, 0.30, S.CONTRADICTED),  # excludes the paper's effect
+    (-0.30, -0.10, 0.05, S.CONTRADICTED),  # the opposite direction
+    (-0.05, 0.10, None, S.NOT_AT_SCALE),  # no paper number: only the sign can be judged
+    (-0.30, -0.01, None, S.CONTRADICTED),
+    (float("nan"), float("nan"), 0.3, S.NO_CI),  # one unit: no interval, no verdict
+])
+def test_claim_verdict_rules(low, high, paper, verdict):
+    assert S.claim_verdict(low, high, paper) == verdict

@@ -112,6 +112,23 @@ class BadPresetMethod(MeanControl):
     presets = {"tiny": {"k": 1}, "small": {}}
 
 
+class StrayDrawsMethod(MeanControl):
+    """Returns draws whose mean is not its prediction: the harness would score one thing as the
+    prediction and another as its draws."""
+
+    card = _card("stray-draws")
+
+    def predict_samples(self, test):
+        return [np.stack([p, p + 1.0]) for p in super().predict(test)]
+
+
+class RaggedDrawsMethod(MeanControl):
+    card = _card("ragged-draws")
+
+    def predict_samples(self, test):
+        return [p[None] for p in super().predict(test)][:-1] or [np.zeros((1, 1, 1), np.float32)]
+
+
 @dataclasses.dataclass
 class _Loose:
     pass
@@ -128,6 +145,8 @@ class UnfrozenMethod(MeanControl):
     (DriftingMethod, "deterministic", "predicts differently"),
     (BadPresetMethod, "presets type-check", "missing preset(s) paper"),
     (UnfrozenMethod, "presets type-check", "frozen dataclass"),
+    (StrayDrawsMethod, "draws average to the prediction", "the mean of the 2 draws differs"),
+    (RaggedDrawsMethod, "draws average to the prediction", "returned samples as list"),
 ])
 def test_checker_names_the_broken_rule(cls, check, reason):
     results = {r.name: r for r in run_checks(cls.card.name, cls)}
