@@ -373,3 +373,27 @@ def test_report_format_json(tmp_path):
 ])
 def test_claim_verdict_rules(low, high, paper, verdict):
     assert S.claim_verdict(low, high, paper) == verdict
+
+
+def test_board_rows_and_curves_resample_folds_never_seeds(tmp_path):
+    """A row's n, std and CI come from the seed-averaged folds: 3 seeds x 4 folds is 4 units."""
+    from flag_bench.leaderboard.model import build, unit_means
+    from flag_bench.leaderboard.results import load_results
+    from flag_bench.metrics.stats import bootstrap_ci
+    from tests.report_demo import write_demo_store
+
+    write_demo_store(tmp_path, methods=("mean", "ridge"), genes=(20, 50), folds=4, seeds=(0, 1, 2),
+                     artifacts=False)
+    frame = load_results(tmp_path, source="store").frame()
+    lb = build(frame, "pcc_mean")
+    rows = [r for b in lb.datasets for r in b.rows if r.method == "ridge" and r.n_genes == 20]
+    (row,) = rows
+    cells = frame[(frame["method"] == "ridge") & (frame["n_genes"] == 20)]
+    units = unit_means(cells, ["pcc_mean"])["pcc_mean"].to_numpy()
+    assert len(cells) == 12 and units.size == 4
+    st = row.stats["pcc_mean"]
+    assert st.n == 4
+    assert st.std == pytest.approx(np.std(units, ddof=1))
+    assert (st.ci_low, st.ci_high) == pytest.approx(bootstrap_ci(units, level=0.95, seed=0))
+    # the seeds differ, so pooling them would give another interval
+    assert (st.ci_low, st.ci_high) != pytest.approx(bootstrap_ci(cells["pcc_mean"].to_numpy(), level=0.95, seed=0))
