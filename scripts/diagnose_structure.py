@@ -3,7 +3,8 @@
     python scripts/diagnose_structure.py RESULTS_DIR [--table-only] [--output FILE]
 
 Reads the results through the public API (``load_results``) and rescores saved predictions
-(artifacts/<cell>/predictions.h5ad holds the prediction, the truth and the spot positions) for
+(``Results.predictions``: the prediction and spot positions from artifacts/<cell>/predictions.h5ad,
+the truth rebuilt from the dataset the record names) for
 the Moran-weights diagnosis; it trains nothing. Every number it prints comes from the cells in
 RESULTS_DIR; the paper's numbers are quoted from ../shared/docs/flag-spec.md sections 6.1-6.2.
 Written to stdout and to RESULTS_DIR/reproduction-tables.md (or --output).
@@ -198,6 +199,41 @@ class Tables:
                 "(with n units the exact two-sided signed-rank test's smallest p is 2/2^n); Holm across the "
                 "claims of a split.\n")
 
+    def _floor(self, g: pd.DataFrame, metric: str):
+        """(name, seed-averaged units) of the best image-free control on ``metric`` by mean, or None."""
+        ctl = g[g["method"].isin(IMAGE_FREE)]
+        if ctl.empty or metric not in g.columns:
+            return None
+        name = max(sorted(set(ctl["method"])), key=lambda x: self.units(ctl[ctl["method"] == x], metric).mean())
+        return name, self.units(g[g["method"] == name], metric)
+
+    def verdict_table(self) -> str:
+        """One line per claim: the within-patient effect with its CI beside the paper's, the verdict,
+        for structure scores the claimant against the best image-free control, and the one
+        cross-patient slide's effect (no CI)."""
+        f = self.pick()
+        within, cross = f[f["split"] == "slide"], f[f["split"] == "patient"]
+        rows = []
+        for claim, a, b, m in CLAIMS:
+            got = self._pair(within, a, b, m)
+            if got is None:
+                continue
+            pt = got[0]
+            pe = paper_effect(a, b, m)
+            floor = self._floor(within, m) if m in STRUCTURE else None
+            vs = ""
+            if floor is not None:
+                d = (self.units(within[within["method"] == a], m) - floor[1]).dropna()
+                mean, lo, hi = S.t_interval(d.to_numpy())
+                vs = f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}] vs {floor[0]}"
+            one = self._pair(cross, a, b, m)
+            rows.append([claim, f"{a} vs {b}", METRICS[m], f"{fmt(pt.mean_diff)} [{fmt(pt.ci_low)}, {fmt(pt.ci_high)}]",
+                         "not reported" if pe is None else fmt(pe), f"**{S.claim_verdict(pt.ci_low, pt.ci_high, pe)}**",
+                         vs, fmt(one[0].mean_diff) if one else "n/a"])
+        return md(["paper claim", "pair", "metric", "effect within patient [95% CI], 5 test slides",
+                   "paper's effect", "verdict", "a minus the best image-free control [95% CI]",
+                   "C -> B4 effect (1 slide, no CI)"], rows) + "\n"
+
     # -- 1c: structure scores against the image-free controls --------------------------------------
     def controls_table(self) -> str:
         """Each method's structure score minus the best image-free control's (by mean over units),
@@ -209,12 +245,12 @@ class Tables:
             for m in STRUCTURE:
                 if m not in g.columns:
                     continue
-                ctl = g[g["method"].isin(IMAGE_FREE)]
-                if ctl.empty:
+                got = self._floor(g, m)
+                if got is None:
                     continue
-                floor = max(sorted(set(ctl["method"])), key=lambda x: self.units(ctl[ctl["method"] == x], m).mean())
-                base = self.units(g[g["method"] == floor], m)
-                for label, h in sorted(g[~g["method"].isin(self.reference) & g["default_config"]].groupby("label")):
+                floor, base = got
+                methods = g[~g["method"].isin(self.reference | set(IMAGE_FREE)) & g["default_config"]]
+                for label, h in sorted(methods.groupby("label")):
                     d = (self.units(h, m) - base).dropna()
                     mean, lo, hi = S.t_interval(d.to_numpy())
                     verdict = "above" if lo > 0 else "below" if hi < 0 else "not separable" if np.isfinite(lo) else "one unit"
@@ -245,9 +281,11 @@ class Tables:
                     if not HIGHER[m]:
                         d = -d
                     mean, lo, hi = S.t_interval(d.to_numpy())
+                    better = (f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]" if nd > 1
+                              else "the same: one draw is the prediction")
                     rows.append([split, label, str(nd), METRICS[m], self.mu(h, m),
                                  f"{fmt(self.units(h, col).mean())} ± {fmt(self.units(h, sd).mean())}",
-                                 f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]"])
+                                 better])
         return ("### Generative methods: one draw against the mean of draws (G = 200)\n\n"
                 + md(["split", "method", "draws", "metric", "mean of draws (over units)",
                       "one draw: mean ± sd over draws", "one draw better by [95% CI over units]"], rows)
@@ -421,7 +459,8 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=Path, help="default RESULTS_DIR/reproduction-tables.md")
     a = ap.parse_args(argv)
     t = Tables(a.results_dir)
-    parts = [t.main_table(), t.claims_table(), t.controls_table(), t.samples_table(), t.variance_table(),
+    parts = ["### Verdicts (G = 200; effects: a - b in the claim's direction, seeds averaged within each test slide)"
+             "\n\n" + t.verdict_table(), t.main_table(), t.claims_table(), t.controls_table(), t.samples_table(), t.variance_table(),
              t.noise_table()]
     if not a.table_only:
         # the diagnostics of part 2: each table only where its cells exist
