@@ -41,6 +41,8 @@ SAMPLE_METRICS = ("pcc_mean", "mse", "gsc", "ssc")
 # image-free controls: neither the image nor the test expression (the mean control, a random
 # training spot, each gene's training Moran's I matched on the test coordinates)
 IMAGE_FREE = ("mean", "random-spot", "gene-prior")
+# where a verdict row comes from: the commands of docs/reproduction.md §1 and its claims table
+SOURCE = "§1 (reproduce_her2st.sh; diagnose_structure.py), §4"
 # FLAG paper, HER2ST, HMHVG-200 (flag-spec.md 6.1 Table 1 and 6.2 ablation); "" = not recovered
 PAPER = {
     "flag": {"pcc_mean": 0.684, "mse": 0.734, "gsc": 0.893, "ssc": 0.639},
@@ -229,10 +231,10 @@ class Tables:
             one = self._pair(cross, a, b, m)
             rows.append([claim, f"{a} vs {b}", METRICS[m], f"{fmt(pt.mean_diff)} [{fmt(pt.ci_low)}, {fmt(pt.ci_high)}]",
                          "not reported" if pe is None else fmt(pe), f"**{S.claim_verdict(pt.ci_low, pt.ci_high, pe)}**",
-                         vs, fmt(one[0].mean_diff) if one else "n/a"])
+                         vs, fmt(one[0].mean_diff) if one else "n/a", SOURCE])
         return md(["paper claim", "pair", "metric", "effect within patient [95% CI], 5 test slides",
                    "paper's effect", "verdict", "a minus the best image-free control [95% CI]",
-                   "C -> B4 effect (1 slide, no CI)"], rows) + "\n"
+                   "C -> B4 effect (1 slide, no CI)", "source"], rows) + "\n"
 
     # -- 1c: structure scores against the image-free controls --------------------------------------
     def controls_table(self) -> str:
@@ -327,6 +329,8 @@ class Tables:
 
     def g_table(self) -> str:
         f = self._sweep()
+        if f.empty:
+            return ""  # part 2's G cells were not run
         genes = sorted(f["n_genes"].unique())
         out = ["### SSC, GSC and PCC against G (seed 0; methods run on every fold of the split)\n"]
         for metric in ("ssc", "gsc", "pcc_mean"):
@@ -440,7 +444,7 @@ class Tables:
             pg = self.res.per_gene(cell)
             it = pg[pg["slide"] == sid]["moran_i_true"].dropna()
             n = int((self.res.predictions(cell).obs["slide"] == sid).sum())
-            methods = h[~h["method"].isin(self.oracles)]
+            methods = h[~h["method"].isin(self.reference)]  # neither oracles nor null controls
             best = methods.loc[methods["value"].idxmax()]
             smooth = h[h["method"] == "oracle-smooth"]["value"]
             noise = h[h["label"].str.contains("sigma=0.5", regex=False)]["value"]
