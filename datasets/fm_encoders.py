@@ -322,14 +322,12 @@ def build_architecture(spec: FMSpec):
 
 
 def read_state_dict(path: Path) -> dict:
-    import torch
+    from flag_bench.safeload import load_weights
 
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = load_weights(path)  # .safetensors, or torch.load(weights_only=True) on a safe torch
+    except UserError:
+        raise  # a pickled file on a torch too old to read it safely: already names the file and fix
     except Exception as exc:  # a truncated or foreign file: say which, not a traceback
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: cannot read it as a weights file ({first[:160]}); give the .safetensors or "

@@ -106,6 +106,7 @@ class FoldBuilder:
         # with the process's other memos (datasets/memo.py); a forgotten entry is recomputed
         self._expression = ByteMemo("fold expression")
         self._library = ByteMemo("spot libraries")
+        self._image_readers: dict[str, object] = {}  # slide -> the reader methods are handed
 
     def panel(self, spec: FoldSpec, selector: PanelSelector) -> GenePanel:
         """The fold's panel: fitted on every non-test slide, in dataset order, once."""
@@ -184,9 +185,19 @@ class FoldBuilder:
     def _image(self, s: Slide) -> SlideImage | None:
         if s.tile_reader is None:
             return None
-        return SlideImage(ref=SlideRef.of(self.ds, s.id), reader=s.tile_reader,
+        return SlideImage(ref=SlideRef.of(self.ds, s.id), reader=self._image_reader(s),
                           coords_um=s.coords_um, patch=self.patch, encoders=self._encoders,
                           device=self.device, cache_dir=self.cache_dir)
+
+    def _image_reader(self, s: Slide):
+        """The slide's reader as methods get it: ``image_only(slide_id)`` where the reader's file
+        also holds expression (no path to that file reaches a method), else the reader itself."""
+        restrict = getattr(s.tile_reader, "image_only", None)
+        if restrict is None:
+            return s.tile_reader
+        if s.id not in self._image_readers:
+            self._image_readers[s.id] = restrict(s.id)
+        return self._image_readers[s.id]
 
     def _embeddings(self, sid: str) -> np.ndarray:
         if self.encoder is None:

@@ -44,12 +44,51 @@ def _str_array(ds) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ds[()]], dtype=object).astype(str)
 
 
+def _decode(blobs, stored_um: float, patch: PatchSpec) -> np.ndarray:
+    """Stored JPEG patches (bytes-like) -> uint8 (len(blobs), size_px, size_px, 3)."""
+    from PIL import Image
+
+    from flag_bench.datasets.readers.images import resample
+
+    out = np.empty((len(blobs), patch.size_px, patch.size_px, 3), dtype=np.uint8)
+    for i, b in enumerate(blobs):
+        raw = b if isinstance(b, bytes) else b.tobytes()
+        out[i] = resample(np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")), stored_um, patch)
+    return out
+
+
+class JpegTiles:
+    """One slide's stored JPEG patches, held in memory: the reader a method is handed
+    (``JpegTileReader.image_only``). The data file also holds every slide's counts, so this
+    reader carries no path to it, only the slide's JPEG bytes (~2 MB a slide); picklable."""
+
+    def __init__(self, slide_id: str, blobs: tuple[bytes, ...], stored_um: float):
+        self.slide_id = str(slide_id)
+        self.blobs = tuple(blobs)
+        self.stored_um = float(stored_um)
+
+    @property
+    def max_field_um(self) -> float:
+        return self.stored_um
+
+    def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
+        """The same tiles as ``JpegTileReader`` (the same bytes, decoded the same way)."""
+        from flag_bench.datasets.readers.images import check_patch
+
+        if slide_id != self.slide_id:
+            raise UserError(f"this image access serves slide {self.slide_id}, not {slide_id}")
+        check_patch(patch, self.stored_um, "her2st-mini")
+        blobs = self.blobs if spots is None else [self.blobs[int(i)] for i in np.asarray(spots, dtype=np.int64)]
+        return _decode(blobs, self.stored_um, patch)
+
+
 class JpegTileReader:
     """Serves ``PatchSpec(size_um, size_px)`` tiles from the stored per-spot JPEGs.
 
     The stored patch covers ``stored_um`` of tissue at ``stored_px`` pixels, centred on the spot;
     a request crops the central ``size_um`` and resamples it to ``size_px``. Picklable (holds only
-    the path), so slides can cross process boundaries.
+    the path), so slides can cross process boundaries. The path names the file that also holds
+    the counts, so methods are handed ``image_only(slide_id)`` instead (datasets/fold.py).
     """
 
     def __init__(self, path: Path, stored_um: float, stored_px: int):
@@ -66,11 +105,15 @@ class JpegTileReader:
         (not its path or mtime: a reinstall reads the same cache) and the stored field."""
         return f"her2st-mini-jpeg|{file_version(self.path)}|{slide_id}|{self.stored_um!r}|{self.stored_px}"
 
+    def image_only(self, slide_id: str) -> JpegTiles:
+        """Slide ``slide_id``'s patches in memory, with no path to the file (which holds counts)."""
+        with h5py.File(self.path, "r") as f:
+            blobs = tuple(b.tobytes() for b in f["slides"][slide_id]["tiles"][()])
+        return JpegTiles(slide_id, blobs, self.stored_um)
+
     def __call__(self, slide_id: str, patch: PatchSpec, spots: np.ndarray | None = None) -> np.ndarray:
         """uint8 (n_spots or len(spots), size_px, size_px, 3); ``spots`` are sorted indices."""
-        from PIL import Image
-
-        from flag_bench.datasets.readers.images import check_patch, resample
+        from flag_bench.datasets.readers.images import check_patch
 
         check_patch(patch, self.stored_um, "her2st-mini")
         with h5py.File(self.path, "r") as f:
@@ -80,10 +123,7 @@ class JpegTileReader:
             else:  # h5py reads a point selection only for increasing indices, and not an empty one
                 spots = np.asarray(spots, dtype=np.int64)
                 blobs = stored[spots] if len(spots) else []
-        out = np.empty((len(blobs), patch.size_px, patch.size_px, 3), dtype=np.uint8)
-        for i, b in enumerate(blobs):
-            out[i] = resample(np.asarray(Image.open(io.BytesIO(b.tobytes())).convert("RGB")), self.stored_um, patch)
-        return out
+        return _decode(blobs, self.stored_um, patch)
 
 
 def _read_slide(g: h5py.Group, sid: str, reader: JpegTileReader) -> Slide:

@@ -30,6 +30,11 @@ class EncoderSource:
     default: Encoder | None = None
     resolver: Callable[[str], Encoder] | None = None
 
+    def __reduce__(self):
+        # with a resolver the default is never used: an isolated cell's process resolves encoders
+        # by name instead of receiving the run encoder's weights
+        return (EncoderSource, (self.default if self.resolver is None else None, self.resolver))
+
     def __call__(self, name: str) -> Encoder:
         if self.resolver is not None:
             return self.resolver(name)

@@ -1,8 +1,10 @@
 """A cell's artifacts, written by whichever process computed it, under artifacts/<cell_id>/.
 
-predictions.h5ad holds the predictions (X), the truth (layers['truth']), barcodes and slides
-(obs), and spot coordinates in micrometres (obsm['spatial'], unit in uns), so scanpy and squidpy
-can plot it directly.
+predictions.h5ad holds the predictions (X), barcodes and slides (obs), and spot coordinates in
+micrometres (obsm['spatial'], unit in uns), so scanpy and squidpy can plot it directly. It holds
+no truth: a later cell's method could open the file (docs/threat-model.md). The results API
+(``Results.predictions``) adds ``layers['truth']`` rebuilt from the dataset
+(leaderboard/truth.py); files written before this change keep their stored layer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ FILES = ("per_gene_metrics.csv", "predictions.h5ad", "config.json", "genes.txt")
 
 
 def write_artifacts(out: Path, *, cell_json: Mapping[str, Any], config_json: Mapping[str, Any], test,
-                    genes: Sequence[str], preds, truths, per_gene: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[str, ...]:
+                    genes: Sequence[str], preds, per_gene: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[str, ...]:
     import anndata as ad
     import pandas as pd
 
@@ -36,7 +38,6 @@ def write_artifacts(out: Path, *, cell_json: Mapping[str, Any], config_json: Map
     })
     obs.index = (obs["slide"] + ":" + obs["barcode"]).to_numpy()
     adata = ad.AnnData(X=np.concatenate(preds), obs=obs, var=pd.DataFrame(index=list(genes)))
-    adata.layers["truth"] = np.concatenate(truths)
     coords = np.concatenate([np.asarray(s.coords_um, dtype=np.float64) for s in test.slides])
     adata.obsm["spatial"] = coords
     adata.uns["spatial_unit"] = "um"

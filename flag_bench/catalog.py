@@ -56,6 +56,36 @@ METHODS.set_light({
 })
 
 
+# The built-in names the harness hands the test truth (methods/oracles.py): the oracles and the
+# nulls built from the truth. The grant is this mapping (a registered built-in name -> the class
+# the registry resolves it to), never something a class says about itself (its __module__, card
+# or base class): a plugin's subclass that claims the oracles' module is an ordinary method.
+TRUTH_RECEIVERS = ("oracle-noise", "oracle-smooth", "oracle-slide-mean", "null-shuffle", "null-rotate")
+
+
+def granted_truth(cls) -> bool:
+    """Whether the harness hands ``cls`` the test truths: it is the class a built-in name of
+    ``TRUTH_RECEIVERS`` resolves to."""
+    if not isinstance(cls, type):
+        return False
+    return any(METHODS.origin(n) == "built-in" and METHODS.get(n) is cls for n in TRUTH_RECEIVERS)
+
+
+class RegisteredEncoders:
+    """The encoder resolver of the image access handed to methods (``SlideImage.embeddings``):
+    an encoder name through the ENCODERS registry. It holds no state, and, unlike a closure or
+    a function, carries no module globals a method could follow to the harness's memos of
+    loaded datasets (docs/threat-model.md)."""
+
+    __slots__ = ()
+
+    def __call__(self, name: str):
+        return ENCODERS.get(ENCODERS.check(name))()
+
+    def __repr__(self) -> str:
+        return "RegisteredEncoders()"
+
+
 def method_card(name: str):
     """The card of method ``name`` without importing torch for built-ins (plugins are imported)."""
     return METHODS.describe(name, "card")

@@ -42,16 +42,15 @@ def _now() -> str:
 
 def fold_builder(task: CellTask):
     """One FoldBuilder per (dataset, patch, encoder, device, cache) in this process."""
-    from flag_bench.catalog import ENCODERS
+    from flag_bench.catalog import RegisteredEncoders
     from flag_bench.datasets.fold import FoldBuilder
 
     key = (task.dataset.key, task.patch, task.encoder, task.device, task.cache_dir)
-    def resolve(name: str):
-        return ENCODERS.get(ENCODERS.check(name))()
-
+    # the resolver methods reach through SlideImage: an object with no module globals (a closure
+    # here would lead to this module's _BUILDERS and plan's _DATASET_MEMO; docs/threat-model.md)
     return _BUILDERS.get_or_compute(key, lambda: FoldBuilder(
         load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task), device=task.device,
-        cache_dir=task.cache_dir, encoder_resolver=resolve))
+        cache_dir=task.cache_dir, encoder_resolver=RegisteredEncoders()))
 
 
 def run_encoder(task: CellTask):
@@ -94,6 +93,10 @@ def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
     from flag_bench.methods.base import seed_everything
     from flag_bench.methods.oracles import receives_truth
 
+    if getattr(task, "isolate", False) and not receives_truth(task.method_cls):
+        from flag_bench.isolate import fit_predict_isolated  # a fresh process runs this function
+
+        return fit_predict_isolated(task, views, on_event, stage)
     seed_everything(task.cell.seed)
     method = task.method_cls(task.config, seed=task.cell.seed, device=task.device)
     method.progress_hook = progress_hook(on_event, task.cell.cell_id)
@@ -143,7 +146,13 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
     stage[0] = "fit"
     on_event("stage", {"cell_id": cell.cell_id, "stage": "fit"})
     t_data = time.perf_counter() - t0
-    method, preds, samples, costs = _fit_predict(task, views, on_event, stage)
+    from flag_bench.cluster.load import CellLoad
+
+    # threads sized to the load first; then the CPU (children's too: an isolated fit), wall and load
+    # of fit + predict, and whether other processes contended for the cores (cluster/load.py)
+    with CellLoad() as load:
+        method, preds, samples, costs = _fit_predict(task, views, on_event, stage)
+    costs.update(load.costs())
     stage[0] = "score"
     t3 = time.perf_counter()
     if samples is not None:
@@ -162,7 +171,7 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
     artifacts = write_artifacts(
         Path(task.artifact_dir), cell_json={"cell_id": cell.cell_id, **dataclasses.asdict(cell)},
         config_json=jsonable(dataclasses.asdict(task.config)), test=views.test, genes=panel.genes,
-        preds=preds, truths=views.truths, per_gene=per_gene)
+        preds=preds, per_gene=per_gene)  # no truth beside the predictions: a later cell could read it
     costs["total_seconds"] = time.perf_counter() - t0
     costs["overhead_seconds"] = costs["total_seconds"] - costs["fit_seconds"] - costs["predict_seconds"]
     return dict(

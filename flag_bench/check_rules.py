@@ -73,6 +73,13 @@ class Contract:
                 raise Failed(f"pretrained weights '{p.name}' do not say what they were trained on")
         if not jsonable(card.to_dict()):
             raise Failed("card.extra holds values that are not JSON-able (the card is stored with every result)")
+        from flag_bench.methods.oracles import claims_truth
+
+        if claims_truth(cls):
+            raise Failed("claims to read the test truth (an Oracle subclass, or a card saying oracle or reads_truth), "
+                         "but the harness hands the truth only to the built-in names its registry grants "
+                         "(catalog.TRUTH_RECEIVERS), whatever the class's __module__ says: it runs as a method "
+                         "and is never handed the truth")
         return f"needs {', '.join(sorted(card.needs)) or 'nothing'}"
 
     def presets(self) -> str:

@@ -66,6 +66,9 @@ class RunConfig:
     slurm_batch: int = 1
     ray_address: str | None = None
     ray_cpus_per_cell: int = 1
+    # each cell's fit/predict in a fresh spawned process that receives only the method's inputs
+    # (flag_bench/isolate.py, docs/threat-model.md); same numbers, never part of a cell's identity
+    isolate: bool = False
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -189,13 +192,14 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "slurm_batch": _typed(int, "--slurm-batch"),
     "ray_address": _typed(str, "--ray-address"),
     "ray_cpus_per_cell": _typed(int, "--ray-cpus-per-cell"),
+    "isolate": _typed(bool, "--isolate"),
 }
 
 # keys that describe where and how a grid runs, not what it computes
 NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers", "executor", "max_retries",
                  "detach", "slurm_partition", "slurm_time", "slurm_gpus_per_task", "slurm_cpus_per_task", "slurm_mem",
                  "slurm_array_parallelism", "slurm_qos", "slurm_account", "slurm_extra", "slurm_batch", "ray_address",
-                 "ray_cpus_per_cell")
+                 "ray_cpus_per_cell", "isolate")
 
 
 def plain_value(v: Any) -> Any:

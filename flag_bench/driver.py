@@ -31,7 +31,7 @@ class RunSummary:
     interrupted: bool = False
     encoding_seconds: float = 0.0
     parent_run_id: str | None = None
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None  # as shown: its password redacted (flag_bench.redact)
     executor: str = "serial"
     slurm_job: str | None = None  # the job array this run submitted
     detached: bool = False
@@ -77,7 +77,7 @@ class Driver:
         plan = plan_grid(cfg, device=device, provenance=prov, results_dir=cfg.results_dir, cache_dir=self.cache_dir)
         with self.store.creation_lock():
             tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite, warn=self._warn)
-        summary = RunSummary(planned=len(plan.tasks), tracking_uri=uri)
+        summary = RunSummary(planned=len(plan.tasks), tracking_uri=tracker.shown_uri)  # shown: no password
         if cfg.executor == "slurm":  # earlier submissions: their finished and lost tasks first
             from flag_bench.cluster.slurm import collect
 
@@ -191,7 +191,7 @@ class Driver:
             summary.failed.append((task.description, rec.error.message))
             self.ui.print(f"[red]FAILED[/red] {task.description}: {rec.error.message} (traceback in {path})")
         if rec.ok and rec.costs.get("total_seconds") is not None:
-            self._estimator.add(rec.cell, float(rec.costs["total_seconds"]))
+            self._estimator.add(rec.cell, float(rec.costs["total_seconds"]), contended=bool(rec.costs.get("contended")))
         self._left.pop(rec.cell_id, None)
         self._show_eta()
         if self.after_cell:

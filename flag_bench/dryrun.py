@@ -73,4 +73,8 @@ def dry_run(cfg: RunConfig, print_line) -> Plan:
     print_line(f"{len(done)} of {len(plan.tasks)} cells already finished in {Path(cfg.results_dir)}; "
                f"{len(todo)} to run" + (f", about {human(secs)} by earlier records" if secs else "")
                + (f" ({unknown} cell(s) have no earlier record to estimate from)" if unknown else ""))
+    busy = est.busy(todo)
+    if busy:
+        print_line(f"  {busy} of them estimated from cells timed on a busy machine only (contended: other "
+                   "processes used their cores), so likely too long")
     return plan

@@ -10,7 +10,8 @@
   tasks are picklable specs, the worker calls ``run_cell``, writes artifacts under the results
   dir and returns the record.
 
-Every engine sizes torch/OpenMP/BLAS threads through flag_bench.cluster.threads.
+Every engine sizes torch/OpenMP/BLAS threads (and how they wait) through flag_bench.cluster.threads;
+before each cell a process that limited its threads sizes them to the load (cluster/load.py).
 """
 
 from __future__ import annotations
@@ -109,7 +110,11 @@ class PoolExecutor:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn, not fork: a forked torch/OpenMP runtime can deadlock in the child
+        from flag_bench.cluster.threads import apply_wait_policy
+
+        # spawn, not fork: a forked torch/OpenMP runtime can deadlock in the child; the workers
+        # inherit the wait policy in their environment, set before their runtimes load
+        apply_wait_policy()
         ctx = mp.get_context("spawn")
         self._queue = ctx.Queue()
         counter = ctx.Value("i", 0)

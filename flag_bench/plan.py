@@ -36,6 +36,7 @@ class CellTask:
     provenance: Mapping[str, Any]
     artifact_dir: str
     cache_dir: str | None = None
+    isolate: bool = False  # fit/predict in a fresh process (flag_bench/isolate.py)
 
     @property
     def needs_embeddings(self) -> bool:
@@ -224,6 +225,22 @@ def _select_folds(split, cfg: RunConfig, ds) -> tuple:
     return tuple(folds[i] for i in cfg.folds)
 
 
+def isolation_provenance(provenance: Mapping[str, Any], method_cls, isolate: bool) -> Mapping[str, Any]:
+    """The run's provenance plus, under ``--isolate``, how this cell's fit/predict ran: in a fresh
+    process (flag_bench/isolate.py), or here for a built-in the registry grants the test truth
+    (an oracle or truth-reading null: harness code, handed the truth by the harness)."""
+    if not isolate:
+        return provenance
+    from flag_bench.methods.oracles import receives_truth
+
+    if receives_truth(method_cls):
+        how = {"isolated": False, "why": "a built-in truth reference (oracle or null): computed by the harness"}
+    else:
+        how = {"isolated": True, "how": "fit and predict in a fresh spawned process that received the train, "
+                                        "validation and test inputs only; scored in the parent"}
+    return {**provenance, "isolation": how}
+
+
 def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], results_dir: str,
               cache_dir: str | None = None) -> Plan:
     """Validate and expand: datasets x G x methods x folds x seeds, one split per dataset."""
@@ -265,7 +282,8 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
                         tasks.append(CellTask(
                             cell=cell, method_cls=cls, config=mcfg, overrides=dict(cfg.method_overrides.get(m, {})),
                             dataset=spec, fold=fspec, patch=patch, encoder=cfg.encoder, device=device,
-                            protocol=mprotocol, provenance=provenance,
+                            protocol=mprotocol, provenance=isolation_provenance(provenance, cls, cfg.isolate),
                             artifact_dir=str(Path(results_dir) / "artifacts" / cell.cell_id), cache_dir=cache_dir,
+                            isolate=cfg.isolate,
                         ))
     return Plan(tasks, grid_spec(cfg), loaded)

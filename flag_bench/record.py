@@ -21,9 +21,13 @@ SCHEMA_VERSION = 1
 ROW_COLUMNS = ("dataset", "dataset_spec", "n_genes", "method", "preset", "config_hash", "config_label",
                "fold", "seed", "panel_selector", "panel_id", "split", "target_transform", "encoder",
                "patch", "protocol_version", "cell_id", "protocol")
-INT_COLUMNS = frozenset({"n_genes", "seed", "n_parameters"})
+INT_COLUMNS = frozenset({"n_genes", "seed", "n_parameters", "cores", "contended"})
+# cpu_seconds .. contended: fit + predict's CPU and wall time, the 1-minute load average at its start
+# and end, the cores other processes used on its CPUs, the cores it was granted, and 1 when its
+# times were taken on a busy machine (flag_bench/cluster/load.py); absent from older records
 COST_COLUMNS = ("fit_seconds", "predict_seconds", "score_seconds", "data_seconds", "total_seconds",
-                "peak_rss_mb", "peak_gpu_mb", "n_parameters")
+                "peak_rss_mb", "peak_gpu_mb", "n_parameters", "cpu_seconds", "wall_seconds", "load_start",
+                "load_end", "others_cpu", "cores", "contended")
 
 
 @dataclass(frozen=True)

@@ -14,32 +14,38 @@ from flag_bench.catalog import METRICS
 from flag_bench.errors import CellFailure
 
 
+def _one_per_slide(method: str, what: str, value: Any, test) -> None:
+    """CellFailure unless ``value`` is a list (or tuple) with one entry per test slide."""
+    if not isinstance(value, (list, tuple)) or len(value) != len(test.slides):
+        n = len(value) if hasattr(value, "__len__") else "?"
+        raise CellFailure(f"method '{method}' returned {what}{type(value).__name__} of length {n}; "
+                          f"expected a list of {len(test.slides)} arrays")
+
+
+def _finite(method: str, verb: str, x: np.ndarray, slide_id: str) -> np.ndarray:
+    bad = int((~np.isfinite(x)).sum())
+    if bad:
+        raise CellFailure(f"method '{method}' {verb} {bad} non-finite value(s) on slide {slide_id}")
+    return x.astype(np.float32, copy=False)
+
+
 def check_predictions(method: str, preds: Any, test) -> list[np.ndarray]:
     """One finite (n_spots, G) array per test slide, as float32; CellFailure naming what is wrong."""
-    if not isinstance(preds, (list, tuple)) or len(preds) != len(test.slides):
-        n = len(preds) if hasattr(preds, "__len__") else "?"
-        raise CellFailure(f"method '{method}' returned {type(preds).__name__} of length {n}; "
-                          f"expected a list of {len(test.slides)} arrays")
+    _one_per_slide(method, "", preds, test)
     out = []
     for p, s in zip(preds, test.slides):
         p = np.asarray(p)
         if p.shape != (s.n_spots, test.n_genes):
             raise CellFailure(f"method '{method}' predicted shape {p.shape} for slide {s.slide_id}; "
                               f"expected {(s.n_spots, test.n_genes)}")
-        bad = int((~np.isfinite(p)).sum())
-        if bad:
-            raise CellFailure(f"method '{method}' predicted {bad} non-finite value(s) on slide {s.slide_id}")
-        out.append(p.astype(np.float32, copy=False))
+        out.append(_finite(method, "predicted", p, s.slide_id))
     return out
 
 
 def check_samples(method: str, samples: Any, test) -> list[np.ndarray]:
     """One finite (n_samples >= 1, n_spots, G) array per test slide, the same n_samples on every
     slide, as float32; CellFailure naming what is wrong."""
-    if not isinstance(samples, (list, tuple)) or len(samples) != len(test.slides):
-        n = len(samples) if hasattr(samples, "__len__") else "?"
-        raise CellFailure(f"method '{method}' returned samples as {type(samples).__name__} of length {n}; "
-                          f"expected a list of {len(test.slides)} arrays")
+    _one_per_slide(method, "samples as ", samples, test)
     out = []
     for x, s in zip(samples, test.slides):
         x = np.asarray(x)
@@ -49,10 +55,7 @@ def check_samples(method: str, samples: Any, test) -> list[np.ndarray]:
         if out and x.shape[0] != out[0].shape[0]:
             raise CellFailure(f"method '{method}' drew {x.shape[0]} samples on slide {s.slide_id} but "
                               f"{out[0].shape[0]} on {test.slides[0].slide_id}")
-        bad = int((~np.isfinite(x)).sum())
-        if bad:
-            raise CellFailure(f"method '{method}' sampled {bad} non-finite value(s) on slide {s.slide_id}")
-        out.append(x.astype(np.float32, copy=False))
+        out.append(_finite(method, "sampled", x, s.slide_id))
     return out
 
 

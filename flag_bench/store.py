@@ -4,7 +4,8 @@ Layout under the results dir:
 
     cells/<cell_id>.json                 the finished record (status "ok")
     cells/<cell_id>.failed-<time>.json   each failed attempt, kept (never overwritten)
-    cells/<cell_id>.mlflow               marker: the MLflow run id this record was logged as
+    cells/<cell_id>.mlflow               marker: the MLflow run id this record was logged as, per
+                                         tracking URI (redacted: flag_bench.redact)
     artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
     claims/<cell_id>.claim               a run computing this cell right now (pid, host, time), or
                                          the SLURM array task computing it (slurm_job): alive
@@ -42,6 +43,7 @@ instead (another run took the cell over in between) links it back without replac
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -62,6 +64,26 @@ CLAIM_TTL_S = float(os.environ.get("FLAG_BENCH_CLAIM_TTL_S") or 600.0)
 CLAIM_HEARTBEAT_S = min(60.0, CLAIM_TTL_S / 5)
 # an unreadable claim this young may still be being written (by a flag-bench without atomic claims)
 CLAIM_WRITING_S = 10.0
+
+
+def _write_probe(root: Path) -> None:
+    """Create and remove a file in ``root``: OSError when the dir cannot be written. The file is
+    created new (O_EXCL), never through a symlink (O_NOFOLLOW), owner-only: a link planted at its
+    name is left alone and never truncates its target; that name taken, a unique one is tried."""
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+    for name in (f".write-probe-{os.getpid()}", f".write-probe-{os.getpid()}-{uuid.uuid4().hex}"):
+        probe = root / name
+        try:
+            fd = os.open(probe, flags, 0o600)
+        except FileExistsError:
+            continue  # something (a stale probe, a planted link) holds the name: not ours to touch
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            probe.unlink()
+        return
+    raise FileExistsError(errno.EEXIST, "cannot create a probe file", str(root))
 
 
 class ResultsStore:
@@ -98,9 +120,7 @@ class ResultsStore:
         try:
             for d in (self.cells, self.artifacts, self.claims):
                 d.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-probe-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
+            _write_probe(self.root)
         except OSError as exc:
             raise UserError(
                 f"--results-dir {self.root}: not writable ({exc.strerror}); choose a directory you can write to"
@@ -280,6 +300,8 @@ class ResultsStore:
         return self.cells / f"{cell_id}.mlflow"
 
     def logged_run_id(self, cell_id: str, tracking_uri: str) -> str | None:
+        from flag_bench.redact import redact_uri
+
         path = self.mlflow_marker(cell_id)
         if not path.exists():
             return None
@@ -287,9 +309,12 @@ class ResultsStore:
             data = json.loads(path.read_text())
         except ValueError:
             return None  # a torn marker only means "log again"
-        return data.get(tracking_uri)
+        # keyed by the redacted URI (no password in the file); an older marker by the URI as given
+        return data.get(redact_uri(tracking_uri)) or data.get(tracking_uri)
 
     def mark_logged(self, cell_id: str, tracking_uri: str, run_id: str) -> None:
+        from flag_bench.redact import redact_uri
+
         path = self.mlflow_marker(cell_id)
         data = {}
         if path.exists():
@@ -297,7 +322,10 @@ class ResultsStore:
                 data = json.loads(path.read_text())
             except ValueError:
                 data = {}
-        data[tracking_uri] = run_id
+        key = redact_uri(tracking_uri)
+        # an older marker's key for this server with its password in clear goes
+        data = {k: v for k, v in data.items() if k == key or redact_uri(k) != key}
+        data[key] = run_id
         _write_json(path, data)
 
     def forget_logged(self, cell_id: str) -> None:

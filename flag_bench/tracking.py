@@ -80,15 +80,19 @@ def open_client(uri: str):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
+    from flag_bench.redact import connectable, redact_text, redact_uri
+
     path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    real = connectable(uri)  # a redacted URI (***) gets its password from the environment, or a UserError
     try:
-        client = MlflowClient(tracking_uri=uri)
+        client = MlflowClient(tracking_uri=real)
         client.search_experiments(max_results=1)
         return client
     except Exception as exc:
-        where = f"MLflow database {path}" if path else f"MLflow tracking URI {uri}"
+        where = f"MLflow database {path}" if path else f"MLflow tracking URI {redact_uri(uri)}"
+        why = redact_text(one_line(str(exc), 200), uri, real) or type(exc).__name__
         raise UserError(
-            f"{where} cannot be opened ({one_line(str(exc), 200) or type(exc).__name__}); move it aside or pass "
+            f"{where} cannot be opened ({why}); move it aside or pass "
             "another --tracking-uri (the results store under cells/ is intact and will be re-logged)"
         ) from None
 
@@ -247,7 +251,10 @@ class Tracker:
     def __init__(self, uri: str, results_dir: Path, suite: str, warn=None):
         import os
 
-        self.uri = uri
+        from flag_bench.redact import redact_uri
+
+        self.uri = uri  # to connect with; never printed nor written (markers key on redact_uri(uri))
+        self.shown_uri = redact_uri(uri)
         self.warn = warn or _stderr
         self.offline: str | None = None
         if is_server(uri):
@@ -281,8 +288,10 @@ class Tracker:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # any transport or server error: the store keeps the record
-            self.offline = f"{type(exc).__name__}: {one_line(str(exc), 200)}"
-            self.warn(f"MLflow logging at {self.uri} failed while {what} ({self.offline}); the results store keeps "
+            from flag_bench.redact import redact_text
+
+            self.offline = redact_text(f"{type(exc).__name__}: {one_line(str(exc), 200)}", self.uri)
+            self.warn(f"MLflow logging at {self.shown_uri} failed while {what} ({self.offline}); the results store keeps "
                       "every cell, and `flag-bench sync-tracking` logs the missing ones once the server answers")
             return None
 

@@ -183,8 +183,8 @@ def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
         fig = F.gdc_curves(panels, colors, f"{ds}{target}: metrics vs G (mean, 95% bootstrap CI band, one point per "
                                            "fold x seed)")
         _add(c, fig, f"curves-{slug(ds)}", "curves", f"{ds}: Gene-Dimension-Curse curves",
-             "Each metric against the panel size G on a log axis; lines are means over folds and seeds, bands "
-             "the 95% bootstrap CI of the mean, points single cells. Grey band: the null (best image-free control "
+             "Each metric against the panel size G on a log axis; lines are means over test folds (seeds averaged "
+             "within each), bands the 95% bootstrap CI of the mean over folds, points single cells. Grey band: the null (best image-free control "
              "of each fold); green band: the split-half noise ceiling (both 95% bootstrap CIs over folds)."
              + (f" Target transform {tag}: MSE is in its units." if tag else ""), kind)
 

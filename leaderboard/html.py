@@ -18,7 +18,8 @@ from flag_bench.leaderboard.content import Content, fmt_p, stat_key
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, bound_values, calibration_note,
-                                          role_label, role_legend, short_name, transform_tag)
+                                          contended_legend, contended_mark, role_label, role_legend, short_name,
+                                          transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import CI_NOTE, MDE_NOTE, MIN_PAIRS, WILCOXON_NOTE, units
@@ -87,7 +88,9 @@ def _num_attr(v: float) -> str:
 def _stat_cell(lb, r: Row, c: str) -> str:
     s = r.stats[c]
     if c in lb.costs:
-        return f'<td data-v="{_num_attr(s.mean)}">{esc(fmt.cost(c, s, with_std=True))}</td>'
+        mark = contended_mark(lb, r, c)
+        busy = f' class="contended" title="{r.contended} cell(s) timed on a busy machine"' if mark else ""
+        return f'<td data-v="{_num_attr(s.mean)}"{busy}>{esc(fmt.cost(c, s, with_std=True) + mark)}</td>'
     if not math.isfinite(s.mean):
         return '<td data-v="">n/a</td>'
     txt = fmt.num(s.mean) + (f" ± {fmt.num(s.std)}" if math.isfinite(s.std) else "")
@@ -135,7 +138,7 @@ def leaderboard_section(c: Content) -> list[str]:
         out.append(f"<li>({esc(info.header)}) (<code>{esc(info.name)}</code>, not shown): {esc(info.description)}</li>")
     if lb.calibrated:
         out.append(f"<li><b>&lt;score&gt; cal</b>: {esc(CAL_LEGEND)}</li>")
-    out += [f"<li><b>{esc(mark)}</b>: {esc(text)}</li>" for mark, text in role_legend(lb)]
+    out += [f"<li><b>{esc(mark)}</b>: {esc(text)}</li>" for mark, text in (*role_legend(lb), *contended_legend(lb))]
     out.append("</ul>")
     return out
 
@@ -257,7 +260,7 @@ def scaled_section(c: Content) -> list[str]:
     out = ['<p class="muted">Open Problems style: per dataset × G × metric, the negative control '
            '(<code>mean</code>) maps to 0 and the best positive control present (<code>ridge</code>, '
            '<code>ridge-smooth</code>, <code>knn</code>, or a card with role positive_control) to 1; for '
-           "lower-is-better metrics the same scale makes better higher. Means over folds and seeds are scaled; "
+           "lower-is-better metrics the same scale makes better higher. Means over test folds (seeds averaged within each) are scaled; "
            "raw values are in the leaderboard. GSC, SSC, SSC spot and Lee L are not scaled here: the mean "
            "control scores 0 on them only by convention; their calibrated tables (0 = the best image-free "
            "null control of each fold, 1 = the noise ceiling) sit under each leaderboard table.</p>"]

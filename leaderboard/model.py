@@ -39,6 +39,12 @@ COSTS = {"fit_seconds": ("fit s", "wall seconds in fit"), "predict_seconds": ("p
          "peak_gpu_mb": ("GPU MB", "peak GPU memory of the cell, MB"),
          "n_parameters": ("params", "trainable parameters of the fitted model")}
 INT_COSTS = frozenset({"n_parameters"})
+# time costs of a row with a contended cell (timed while other processes used its cores, see
+# flag_bench/cluster/load.py) carry this mark, and a legend line says so
+TIME_COSTS = frozenset({"fit_seconds", "predict_seconds"})
+CONTENDED_MARK = "*"
+CONTENDED_LEGEND = ("time measured on a busy machine: other processes used the cores of at least one of the "
+                    "row's cells (or it ran on fewer threads for that), so its times are not those of a quiet run")
 # scores in the target transform's units (an MSE on ln(1 + count) is not one on log2(1 + count)):
 # their headers and legend lines name the transform; scale-free scores have it in the captions
 TRANSFORM_UNITS = frozenset({"mse", "mae"})
@@ -68,6 +74,7 @@ class Row:
     role: str = ""  # "null" or "oracle": a reference row, shown below the methods and never ranked
     transforms: tuple[str, ...] = ()  # the target transforms of its cells (one, unless pooled)
     tuned_on_test: tuple[str, ...] = ()  # test slides of this dataset whose scores chose its preset (card)
+    contended: int = 0  # cells of this row timed on a busy machine (record costs.contended)
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class CurveRow:
     label: str
     method: str
     config_hash: str
-    points: Mapping[int, CurvePoint]  # G -> the sort metric over folds and seeds
+    points: Mapping[int, CurvePoint]  # G -> the sort metric over test folds (seeds averaged within each)
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,18 @@ def calibration_note(board: "DatasetBoard") -> str:
     if board.bounds and all(math.isnan(b.ceiling) for b in board.bounds.values()):
         return "no calibrated values: these cells record no noise ceiling (computed before ceilings existed)"
     return ""
+
+
+def contended_mark(lb: "Leaderboard", r: Row, column: str) -> str:
+    """CONTENDED_MARK after a time cost of a row with a contended cell ('' otherwise)."""
+    return CONTENDED_MARK if r.contended and column in TIME_COSTS and column in lb.costs else ""
+
+
+def contended_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
+    """(mark, text) when a time cost shown carries the contended mark: one legend line, every format."""
+    if any(r.contended for b in lb.datasets for r in b.rows) and TIME_COSTS & set(lb.costs):
+        return [(CONTENDED_MARK, CONTENDED_LEGEND)]
+    return []
 
 
 def role_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
@@ -305,7 +324,8 @@ def _row(g, cols: Sequence[str], label: str, key, roles: Mapping[str, str]) -> R
     return Row(label, method, config_hash, joined_labels(g["config_label"]), int(g_), len(g), stats,
                tiny=bool((g["preset"] == "tiny").any()), role=roles.get(method, ""),
                transforms=_transforms(g), tuned_on_test=tuned_on_test(method, sorted(set(g["preset"])),
-                                                                      str(g["dataset"].iloc[0])))
+                                                                      str(g["dataset"].iloc[0])),
+               contended=int((g["contended"] > 0).sum()) if "contended" in g.columns else 0)
 
 
 def unit_means(g, cols: Sequence[str]):

@@ -123,10 +123,12 @@ def _defaults() -> dict[str, Any]:
 
 def rerun_argv(grid_spec: dict, results_dir: Path, tracking_uri: str | None = None) -> tuple[str, ...]:
     """The ``flag-bench run`` argv of a plan: only what differs from the defaults, plus where results go."""
+    from flag_bench.redact import redact_uri
+
     defaults = _defaults()
     argv = ["flag-bench", "run", "--results-dir", str(results_dir)]
-    if tracking_uri:
-        argv += ["--tracking-uri", tracking_uri]
+    if tracking_uri:  # never its password: a redacted URI gets it from the environment (flag_bench.redact)
+        argv += ["--tracking-uri", redact_uri(tracking_uri)]
     for key, flag in _FLAGS:
         v = grid_spec.get(key)
         if v is None or v == defaults.get(key):

@@ -20,8 +20,8 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
-                                          bound_values, calibration_note, role_label, transform_tag,
-                                          role_legend, short_name)
+                                          bound_values, calibration_note, contended_legend, contended_mark, role_label,
+                                          transform_tag, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.terminal import TINY_MARK, arrow, direction_text, print_leaderboard
@@ -55,7 +55,9 @@ def _md_row(cells: list[str]) -> str:
 
 
 def _md_cell(lb: Leaderboard, r: Row, c: str) -> str:
-    return fmt.cost(c, r.stats[c], with_std=True) if c in lb.costs else fmt.full(r.stats[c])
+    if c in lb.costs:
+        return fmt.cost(c, r.stats[c], with_std=True) + contended_mark(lb, r, c)
+    return fmt.full(r.stats[c])
 
 
 def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
@@ -71,8 +73,8 @@ def _md_board(lb: Leaderboard, board: DatasetBoard) -> list[str]:
         out += [f"**{TINY_MARK} rows labelled (tiny): {TINY_WARNING}**", ""]
     out += _md_calibration(lb, board)
     if board.curve:
-        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric, board)} vs G, mean over folds and seeds "
-                   "[95% bootstrap CI]\n")
+        out.append(f"Gene-Dimension-Curse curve: {lb.header(lb.metric, board)} vs G, mean over test folds, "
+                   "seeds averaged within each [95% bootstrap CI over folds]\n")
         out += [_md_row(["method", *(f"G={g}" for g in board.genes)]), "|---|" + "---|" * len(board.genes)]
         out += [_md_row([r.label, *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)])
                 for r in board.curve]
@@ -110,6 +112,8 @@ def _md_legend(lb: Leaderboard) -> list[str]:
     if lb.calibrated:
         out.append(f"- **<score> cal**: {CAL_LEGEND}")
     out += [f"- {mark}: {text}" for mark, text in role_legend(lb)]
+    # a bare * would open Markdown emphasis
+    out += [f"- \\{mark}: {text}" for mark, text in contended_legend(lb)]
     return out
 
 
@@ -147,7 +151,9 @@ def _csv_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> list[str]:
         v = board.verdicts.get(m)
         cells.append("" if v is None or v.sensitive is None else ("yes" if v.sensitive else "no"))
     # the units of mse/mae, and the test slides whose scores chose the row's preset (its card)
-    return cells + [transform_tag(r.transforms), " ".join(r.tuned_on_test)]
+    cells += [transform_tag(r.transforms), " ".join(r.tuned_on_test)]
+    # with the costs: whether (and in how many cells) they were timed on a busy machine
+    return cells + (["yes" if r.contended else "no", str(r.contended)] if lb.costs else [])
 
 
 # the location-sensitivity verdict of these scores, one CSV column each (empty: not assessed)
@@ -165,6 +171,7 @@ def to_csv(lb: Leaderboard, opts: RenderOptions) -> str:
         head += [c, f"{c}_std", f"{c}_ci_low", f"{c}_ci_high", f"{c}_n", f"{m}_null", f"{m}_ceiling"]
     head += [f"{m}_location_sensitive" for m in VERDICT_COLUMNS]
     head += ["target_transform", "tuned_on_test_slides"]
+    head += ["contended", "contended_cells"] if lb.costs else []
     w.writerow(head)
     for board in lb.datasets:
         w.writerows(_csv_row(board, r, lb) for r in board.rows)
@@ -197,11 +204,12 @@ def _json_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> dict:
         cal[cal_name(m)] = {**_json_stat(r.stats[cal_name(m)]), "null": b.null if b else math.nan,
                             "ceiling": b.ceiling if b else math.nan}
     verdicts = {m: (None if v is None else v.sensitive) for m in VERDICT_COLUMNS for v in [board.verdicts.get(m)]}
+    busy = {"contended": bool(r.contended), "contended_cells": r.contended} if lb.costs else {}
     return {"dataset": board.dataset, "n_genes": r.n_genes, "method": r.method, "label": r.label, "role": r.role,
             "config_label": r.config_label, "config_hash": r.config_hash, "cells": r.cells, "tiny": r.tiny,
             "scores": {c: _json_stat(r.stats[c]) for c in lb.shown}, "calibrated": cal,
             "location_sensitive": verdicts, "target_transform": transform_tag(r.transforms),
-            "tuned_on_test_slides": list(r.tuned_on_test)}
+            "tuned_on_test_slides": list(r.tuned_on_test), **busy}
 
 
 def to_json(lb: Leaderboard, opts: RenderOptions) -> str:

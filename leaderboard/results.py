@@ -9,7 +9,8 @@ columns (ROW_COLUMNS, the scores sorted by name, then COST_COLUMNS), dtypes and 
     res.failed()              failed cells: one-line error and where the traceback is
     res.per_slide()           cell_id, slide, metric, value
     res.per_gene(cell_id)     the cell's per-gene metrics (slide, gene, one column per metric)
-    res.predictions(cell_id)  AnnData: X predictions, layers['truth'], obs slide/barcode, spatial coords
+    res.predictions(cell_id)  AnnData: X predictions, layers['truth'] (rebuilt from the dataset when the
+                              file holds none), obs slide/barcode, spatial coords
     res.curves("pcc_mean")    metric vs G per dataset and method configuration: mean, std, n
     res.where(Filter(...))    the same API over a subset (--datasets, --methods, --genes, --since)
     res.finished_at(cell_id)  when the cell's record was written (ISO text)
@@ -177,9 +178,20 @@ class Results:
         return pd.read_csv(self._artifact(cell_id, "per_gene_metrics.csv"))
 
     def predictions(self, cell_id: str):
+        """The cell's predictions.h5ad with ``layers['truth']``: as stored by files written before
+        the truth left the artifacts, else rebuilt from the dataset the record names
+        (leaderboard/truth.py)."""
         import anndata as ad
 
-        return ad.read_h5ad(self._artifact(cell_id, "predictions.h5ad"))
+        adata = ad.read_h5ad(self._artifact(cell_id, "predictions.h5ad"))
+        if "truth" not in adata.layers:
+            if self._loaded.record is None:
+                raise UserError(f"cell {cell_id}: its predictions hold no truth and this results source cannot "
+                                "read the record it is rebuilt from")
+            from flag_bench.leaderboard.truth import add_truth
+
+            add_truth(adata, self._loaded.record(cell_id))
+        return adata
 
     def curves(self, metric: str):
         return curves(self._frame, metric)

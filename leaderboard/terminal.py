@@ -17,7 +17,8 @@ from rich.cells import cell_len
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, bound_values,
-                                          calibration_note, role_label, role_legend, short_name, transform_tag)
+                                          calibration_note, contended_legend, contended_mark, role_label, role_legend,
+                                          short_name, transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -43,7 +44,7 @@ def row_label(r: Row, common: str) -> str:
 
 def _value(lb: Leaderboard, r: Row, column: str, detail: str) -> str:
     if column in lb.costs:
-        return fmt.cost(column, r.stats[column])
+        return fmt.cost(column, r.stats[column]) + contended_mark(lb, r, column)
     return fmt.compact(r.stats[column], detail)
 
 
@@ -171,7 +172,7 @@ def curve_renderables(lb: Leaderboard, board: DatasetBoard, width: int) -> list:
              *(fmt.point(r.points[g]) if g in r.points else "" for g in board.genes)] for r in board.curve]
     w = widths(heads, body)
     out: list = [Text(""), Text(f"{board.dataset}: {lb.header(lb.metric, board)} vs G (Gene-Dimension-Curse curve), "
-                      "mean over folds and seeds [95% bootstrap CI]", style="bold")]
+                      "mean over test folds, seeds averaged within each [95% bootstrap CI over folds]", style="bold")]
     for block in pack(w[:1], w[1:], width):
         out.append(_table(heads, body, [0, *(1 + j for j in block)], [False] * len(body)))
     return out
@@ -199,11 +200,11 @@ def legend(lb: Leaderboard, detail: str) -> list:
         t.add_row(f"({info.header})", f"{info.name}, not shown (--columns {info.name}): {info.description}")
     if lb.calibrated:
         t.add_row("<score> cal", CAL_LEGEND)
-    for mark, text in role_legend(lb):
+    for mark, text in (*role_legend(lb), *contended_legend(lb)):
         t.add_row(mark, text)
     ci = " [95% bootstrap CI of the mean]" if detail == "ci" else "; --ci adds the 95% bootstrap CI"
-    return [Text(f"values: mean±std over folds and seeds{ci}; costs: mean" if lb.costs else
-                 f"values: mean±std over folds and seeds{ci}"), t]
+    what = "values: mean±std over test folds, seeds averaged within each fold"
+    return [Text(f"{what}{ci}; costs: mean" if lb.costs else f"{what}{ci}"), t]
 
 
 def renderables(lb: Leaderboard, width: int, ci: bool | None = None) -> list:

@@ -25,7 +25,8 @@ that is right about everything except where the expression is.
   each spot taking the truth of the spot nearest its rotated position: right texture, wrong place.
 
 The harness, not the oracle, decides what an oracle sees: ``flag_bench.cell`` hands the test
-truths to ``predict_from_truth`` of the oracles defined in this module only (``receives_truth``).
+truths to ``predict_from_truth`` of the classes the registry grants it (``receives_truth``: the
+built-in names of ``catalog.TRUTH_RECEIVERS``, whatever a class's ``__module__`` says).
 ``predict`` (what a method, or a plugin subclassing ``Oracle``, gets) raises, so an oracle never
 runs as a method and nothing else reads the answer.
 """
@@ -44,9 +45,23 @@ from flag_bench.methods.roles import NULL_ROLE, ORACLE_ROLE, is_oracle  # noqa: 
 
 
 def receives_truth(cls) -> bool:
-    """Whether the harness hands ``cls`` the test truths: the oracles defined here only, never a
-    plugin's subclass (which would otherwise read the answer under any card it likes)."""
-    return isinstance(cls, type) and issubclass(cls, Oracle) and cls.__module__ == __name__
+    """Whether the harness hands ``cls`` the test truths: granted by the registry to the built-in
+    names of ``catalog.TRUTH_RECEIVERS`` (the class each resolves to), never by what a class says
+    about itself: a plugin's subclass, even one setting ``__module__`` to this module's name, is
+    not handed the answer."""
+    from flag_bench.catalog import granted_truth
+
+    return isinstance(cls, type) and issubclass(cls, Oracle) and granted_truth(cls)
+
+
+def claims_truth(cls) -> bool:
+    """Whether ``cls`` looks like a truth reader (an ``Oracle`` subclass, or a card declaring the
+    oracle role or ``reads_truth``) without the registry's grant: the harness will not hand it
+    the truth (``flag-bench check`` says so)."""
+    if not isinstance(cls, type) or receives_truth(cls):
+        return False
+    extra = getattr(getattr(cls, "card", None), "extra", None) or {}
+    return issubclass(cls, Oracle) or is_oracle(cls) or bool(extra.get("reads_truth"))
 
 
 # oracles and truth-reading nulls: constants set by their definition, never compared on scores

@@ -37,8 +37,10 @@ import pandas as pd
 import scipy.sparse as sp
 from PIL import Image
 
-# These JPEGs are ~92 megapixels; PIL refuses them as decompression bombs by default.
-Image.MAX_IMAGE_PIXELS = None
+from flag_bench.datasets.readers.images import open_bounded, pil_pixel_limit, slide_pixel_limit
+
+# These JPEGs are ~92 megapixels, above PIL's default decompression-bomb limit: each is opened with
+# a limit from its own spots' extent (pil_pixel_limit restores PIL's limit after it), never None.
 
 BUILDER_VERSION = "1"
 SOURCE_REPO = "https://github.com/almaan/her2st"
@@ -240,7 +242,10 @@ def main(argv=None) -> None:
             spots = v["spots"]
             um_px = pixel_size_um(spots)
             centres = spots[["pixel_x", "pixel_y"]].to_numpy(np.float64)
-            img = Image.open(her2st / "data" / "ST-imgs" / v["patient"] / s / v["jpg"]).convert("RGB")
+            jpg = her2st / "data" / "ST-imgs" / v["patient"] / s / v["jpg"]
+            limit = slide_pixel_limit(centres, um_px)
+            with pil_pixel_limit(limit), open_bounded(jpg, limit) as src:
+                img = src.convert("RGB")
             w, h = img.size
             assert (centres >= 0).all() and (centres[:, 0] < w).all() and (centres[:, 1] < h).all()
             jpegs = cut_patches(img, centres, PATCH_UM / um_px, args.patch_px, args.jpeg_quality)

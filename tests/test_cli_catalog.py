@@ -86,7 +86,7 @@ def test_version():
 def test_check_passes_on_a_control_and_exit_codes():
     res = cli("check", "mean")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "11 passed, 0 failed, 0 skipped" in res.stdout
+    assert "12 passed, 0 failed, 0 skipped" in res.stdout
     assert "ignores test truth" in res.stdout
     bad = cli("check", "no-such-method")
     assert bad.returncode == 2 and "unknown method 'no-such-method'" in bad.stderr

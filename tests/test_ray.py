@@ -21,21 +21,65 @@ _scores = store_scores
 def local_ray(tmp_path_factory):
     """One local cluster for the module (start + stop cost seconds): 2 CPUs, a capped object store."""
     import importlib
-    import os
 
     note_engine = importlib.import_module(pytest_plugins[0]).note_engine
 
     ray = pytest.importorskip("ray", reason="pip install 'flag-bench[ray]'")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from flag_bench.cluster.ray import start_local
+
     try:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
-                 _temp_dir=str(tmp_path_factory.mktemp("ray")))
+        # flag-bench's own local start (loopback, Ray's token auth on), with a private temp dir
+        start_local(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     except Exception as exc:
         note_engine("ray", f"SKIPPED ({type(exc).__name__})")
         pytest.skip(f"a local Ray cluster could not start: {exc}")
     note_engine("ray", "ran (local cluster, 2 CPUs)")
     yield ray
     ray.shutdown()
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+def test_local_cluster_is_loopback_only_with_auth_on(tmp_path, monkeypatch):
+    """The cluster `--executor ray` starts itself (no --ray-address) listens on 127.0.0.1 only and
+    keeps Ray's token authentication on, without writing a token into the user's home. Runs before
+    the module's shared cluster exists (tests run in file order)."""
+    ray = pytest.importorskip("ray", reason="pip install 'flag-bench[ray]'")
+    psutil = pytest.importorskip("psutil")
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already up in this process")
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    from flag_bench.cluster.ray import RayExecutor
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # Ray's default, whatever the caller's shell says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where Ray would write ~/.ray/auth_token
+    ex = RayExecutor(RunConfig(**BASE, results_dir=str(tmp_path / "ray"), executor="ray"))
+    try:
+        try:
+            ex._init()
+        except Exception as exc:  # as the fixture below: a machine too busy to start Ray in time
+            pytest.skip(f"a local Ray cluster could not start: {exc}")
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+        assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # a worker reaches the cluster
+        me, listening = psutil.Process(), []
+        for p in [me, *me.children(recursive=True)]:  # the GCS, raylet and workers Ray started
+            try:
+                listening += [(p.name(), c.laddr.ip) for c in p.net_connections("tcp")
+                              if c.status == psutil.CONN_LISTEN]
+            except psutil.NoSuchProcess:
+                pass
+        assert listening and all(_loopback(ip) for _, ip in listening), listening
+    finally:
+        ex.shutdown()
+    assert not ray.is_initialized()
+    assert not (tmp_path / "home" / ".ray").exists()
 
 
 def test_ray_gives_the_serial_scores(local_ray, tmp_path):

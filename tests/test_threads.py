@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 
+import functools
+
 import pytest
 
-from flag_bench.cluster.threads import granted_cpus
+from flag_bench.cluster import threads
+
+# the pure tests: no cgroup quota (this machine's would cap every count; tests/test_fair_cores.py has those)
+granted_cpus = functools.partial(threads.granted_cpus, cgroup_root="/nonexistent-cgroup", self_cgroup="")
 
 
 def test_slurm_cpus_per_task_wins_over_affinity():
@@ -23,7 +28,9 @@ def test_affinity_when_slurm_says_nothing():
 @pytest.mark.parametrize("cpus, workers, expected", [(8, 2, 4), (8, 3, 2), (2, 4, 1), (1, 1, 1)])
 def test_split_between_pool_workers(cpus, workers, expected):
     assert granted_cpus(workers, env={}, affinity=set(range(cpus))) == expected
-    assert granted_cpus(workers, env={"SLURM_CPUS_PER_TASK": str(cpus)}, affinity={0}) == expected
+    assert granted_cpus(workers, env={"SLURM_CPUS_PER_TASK": str(cpus)}, affinity=set(range(64))) == expected
+    # the smallest of SLURM and the affinity mask (taskset inside an allocation)
+    assert granted_cpus(workers, env={"SLURM_CPUS_PER_TASK": "64"}, affinity=set(range(cpus))) == expected
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two"])
@@ -34,7 +41,9 @@ def test_nonsense_slurm_value_is_an_error(bad):
 
 def test_default_reads_this_process_affinity(monkeypatch):
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    assert granted_cpus() == len(os.sched_getaffinity(0))
+    quota = threads.cgroup_cpu_limit()
+    expected = len(os.sched_getaffinity(0)) if quota is None else min(len(os.sched_getaffinity(0)), max(1, int(quota)))
+    assert threads.granted_cpus() == expected
 
 
 PROBE = """

@@ -7,7 +7,10 @@ cross process boundaries and a 20,000-spot slide is never decoded at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +184,8 @@ def open_image_size(path: Path) -> tuple[int, int]:
             return int(shape[axes.index("X")]), int(shape[axes.index("Y")])
     from PIL import Image
 
-    with Image.open(path) as im:
+    # the header only (no pixels are decoded here): the size is bounded when the slide is read
+    with pil_pixel_limit(None), Image.open(path) as im:
         if im.mode in ("I", "F"):
             raise UserError(f"{path} is a 32-bit ({im.mode}) image; {_FIX_IMAGE}")
         return im.size
@@ -212,6 +216,63 @@ def embedded_pixel_size(path: Path) -> float | None:
     except Exception:  # an unreadable tag means "not embedded", never a crash
         return None
     return None  # PNG/JPEG dpi are screen hints, not scanner resolution
+
+
+# PIL's own default (about 89 Mpx): a slide image below it is never refused
+PIL_DEFAULT_MAX_PIXELS = 89_478_485
+# how much larger (in area) than its spots' extent plus a border an image may be: 4x each way
+SLIDE_AREA_MARGIN = 16.0
+# the border around the spots' extent, um: tissue and slide beyond the outermost spots
+SLIDE_BORDER_UM = 2000.0
+_PIL_LIMIT_LOCK = threading.RLock()
+
+
+def slide_pixel_limit(coords: np.ndarray, um_per_px: float) -> int:
+    """The most pixels an image whose spot centres are ``coords`` (its pixels, x then y) at
+    ``um_per_px`` is expected to have: the spots' extent from the image origin plus a 2 mm border
+    each way, times 16 in area, and never below PIL's default limit."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    coords = coords[np.isfinite(coords).all(axis=1)]
+    far = np.maximum(coords.max(axis=0), 0.0) if len(coords) else np.zeros(2)
+    border = SLIDE_BORDER_UM / um_per_px if um_per_px > 0 and np.isfinite(um_per_px) else 0.0
+    expected = float(far[0] + border) * float(far[1] + border)
+    return int(max(PIL_DEFAULT_MAX_PIXELS, SLIDE_AREA_MARGIN * expected))
+
+
+@contextlib.contextmanager
+def pil_pixel_limit(limit: int | None):
+    """``PIL.Image.MAX_IMAGE_PIXELS`` set to ``limit`` inside the block, the previous value back
+    after it (never switched off for the whole process). Threads take turns (the limit is global)."""
+    from PIL import Image
+
+    with _PIL_LIMIT_LOCK:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def open_bounded(path: Path, limit: int):
+    """``PIL.Image.open(path)`` for an image of at most ``limit`` pixels; a larger one (a
+    decompression bomb, or not the image of these spots) -> UserError naming it, before any pixel
+    is decoded."""
+    from PIL import Image
+
+    fix = (f"at most {limit:,} px are read for this slide (its spots' extent, with margin); check that the image "
+           "belongs to these spot coordinates and pixel size, or crop it to the capture area")
+    try:
+        with warnings.catch_warnings():  # between the limit and twice it PIL only warns: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: the image is larger than expected; {fix}") from None
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise UserError(f"{path}: the image is {w} x {h} = {w * h:,} px; {fix}")
+    return im
 
 
 def _use_openslide(path: Path) -> bool:
@@ -307,10 +368,10 @@ class ImageTileReader:
                     arr = level.asarray().reshape([n for a, n in zip(level.axes, level.shape) if n > 1 or a in "YX"])
                 arr = to_rgb8(arr, axes, self.path)
             else:
-                from PIL import Image
-
-                Image.MAX_IMAGE_PIXELS = None  # whole-slide images are legitimately huge
-                with Image.open(self.path) as im:
+                # whole-slide images are legitimately huge, but not without bound: PIL's
+                # decompression-bomb guard is raised to this slide's expected size, for this read only
+                limit = slide_pixel_limit(self.coords, self.um_per_px)
+                with pil_pixel_limit(limit), open_bounded(self.path, limit) as im:
                     if im.mode.startswith("I;16"):  # 16-bit grayscale PNG: scale, never clip or wrap
                         arr = to_rgb8(np.asarray(im).astype(np.uint16), "YX", self.path)
                     elif im.mode in ("I", "F"):

@@ -44,6 +44,12 @@ from flag_bench.cli import run, report, data, cache, catalog, cluster  # noqa: E
 
 
 def main() -> None:
+    # before any command imports torch or numpy: OpenMP and OpenBLAS read their wait settings once,
+    # when they load (flag_bench/cluster/threads.py); and the first look at the machine's load
+    from flag_bench.cluster import load, threads
+
+    threads.apply_wait_policy()
+    load.start_watching()
     try:
         app()
     except UserError as exc:  # pragma: no cover - commands catch their own

@@ -35,17 +35,23 @@ def _suite(store, suite: Optional[str]) -> str:
 @app.command()
 def collect(
     results_dir: Optional[Path] = typer.Option(None, "--results-dir", help=RESULTS_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the one the grid was submitted with, else sqlite:///<results-dir>/mlflow.db)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the one the grid was submitted with, its password from the environment (README: Credentials), else sqlite:///<results-dir>/mlflow.db)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Suite (MLflow experiment) to log into (default: the one the grid was submitted with)."),
+    trust_results_dir: bool = typer.Option(False, "--trust-results-dir", help="Collect even from a results dir that others can write (group- or world-writable, or owned by another user): collect unpickles the SLURM result files there, so whoever can write them can run code as you."),
 ):
-    """Gather finished SLURM array tasks into the store and MLflow. Safe to repeat while jobs run."""
+    """Gather finished SLURM array tasks into the store and MLflow. Safe to repeat while jobs run.
+
+    It unpickles submitit's result files under <results-dir>/slurm/jobs: a results dir that
+    others can write is refused (exit 2) unless --trust-results-dir is given."""
     try:
-        from flag_bench.cluster.slurm import collect as gather, require_submitit, submissions
+        from flag_bench.cluster.slurm import check_trusted, collect as gather, require_submitit, submissions
         from flag_bench.driver import persist
         from flag_bench.store import ResultsStore
         from flag_bench.tracking import Tracker, default_tracking_uri
 
         rd = _results_dir(results_dir)
+        if not trust_results_dir:
+            check_trusted(rd)
         require_submitit()
         store = ResultsStore(rd)
         subs = submissions(rd)
@@ -107,4 +113,5 @@ def sync_tracking(
     except UserError as exc:
         fail(str(exc))
         return
-    console().print(f"logged {n} cell(s) missing from {uri}", markup=False, highlight=False, soft_wrap=True)
+    console().print(f"logged {n} cell(s) missing from {tracker.shown_uri}", markup=False, highlight=False,
+                    soft_wrap=True)

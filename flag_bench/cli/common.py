@@ -19,8 +19,11 @@ def fail(msg: str, code: int = 2) -> None:
     # one line, no traceback: the user can act on it
     from rich.markup import escape
 
-    # escaped: messages quote TOML tables like [methods.knn], which rich would eat as markup
-    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)
+    from flag_bench.redact import redact_text
+
+    # escaped: messages quote TOML tables like [methods.knn], which rich would eat as markup; a URI
+    # quoted in a message never shows its password
+    console(stderr=True).print(f"[bold red]error:[/bold red] {escape(redact_text(msg))}", soft_wrap=True)
     raise typer.Exit(code)
 
 

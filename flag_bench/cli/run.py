@@ -51,6 +51,7 @@ def run(
     slurm_batch: Optional[int] = typer.Option(None, "--slurm-batch", help="Cells per array task (default 1)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (e.g. auto or ray://host:10001; default: a local Ray cluster sized to this process's CPUs)."),
     ray_cpus_per_cell: Optional[int] = typer.Option(None, "--ray-cpus-per-cell", help="Ray: CPUs reserved per cell; its threads follow it (default 1)."),
+    isolate: Optional[bool] = typer.Option(None, "--isolate/--no-isolate", help="Fit and predict each cell in a fresh process that receives only the method's inputs (no dataset, no test truth, no caller frames); scoring stays here. Same numbers; a few seconds more per cell: a fresh Python importing torch (default no)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid, what is finished and an estimated time; compute and write nothing."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ):
@@ -70,6 +71,7 @@ def run(
             slurm_mem=slurm_mem, slurm_array_parallelism=slurm_array_parallelism, slurm_qos=slurm_qos,
             slurm_account=slurm_account, slurm_extra=tuple(slurm_extra) if slurm_extra else None,
             slurm_batch=slurm_batch, ray_address=ray_address, ray_cpus_per_cell=ray_cpus_per_cell,
+            isolate=isolate,
         )
         cfg = build_config(config, cli)
         if dry_run:

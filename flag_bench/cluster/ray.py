@@ -5,12 +5,14 @@ Each task reserves ``--ray-cpus-per-cell`` CPUs and, for a CUDA device, one GPU 
 CPUs it reserved, runs ``run_cell`` and returns the record as JSON. A bounded window of tasks is
 in flight, so claims stay lazy; the driver writes store and MLflow. A worker that dies becomes
 a failed record (Ray's own retries of dead workers still apply); Python errors are failed records
-already and are never retried.
+already and are never retried. A local cluster started here (no ``--ray-address``) listens on
+127.0.0.1 only and keeps Ray's token authentication on (``start_local``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from typing import Iterable, Iterator
@@ -25,6 +27,44 @@ def require_ray():
     except ImportError:
         raise UserError("--executor ray needs Ray: pip install 'flag-bench[ray]'") from None
     return ray
+
+
+# one random token per process for the clusters it starts, unless the user configured one:
+# Ray's token auth stays on, and no token file is written into the user's home
+_TOKEN = secrets.token_hex(32)
+LOOPBACK = "127.0.0.1"
+
+
+def start_local(num_cpus: int, **kwargs) -> None:
+    """Start a private local Ray cluster for this process: bound to loopback (127.0.0.1: nothing
+    on the network can reach its GCS, raylet or workers) with Ray's default token authentication
+    on. A token the user gives (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``) is used; otherwise a
+    random one, in this process's environment only (the cluster's processes inherit it). An
+    explicit ``RAY_AUTH_MODE`` is the user's choice and is left as it is."""
+    import ray
+    from ray._private import ray_constants
+
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = _TOKEN
+    # On Linux, Ray swaps a loopback node address for the machine's reachable IP and listens there;
+    # with "local only" (its macOS/Windows default) it keeps 127.0.0.1, for this start and for the
+    # GCS and raylet it spawns (they inherit the variable); both are restored after the start.
+    var = getattr(ray_constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_env, saved_const = os.environ.get(var), getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False,
+                 _node_ip_address=LOOPBACK, **kwargs)
+    except BaseException:
+        ray.shutdown()  # a start that timed out leaves no GCS or raylet behind
+        raise
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved_env
 
 
 def run_one(task, cpus: int) -> dict:
@@ -71,11 +111,8 @@ class RayExecutor:
                                     f"({type(exc).__name__}: {one_line(str(exc), 200)}); "
                                     "check the address (`ray status` on the head node)") from None
             else:
-                # a private local cluster: no dashboard, a capped object store (records are small),
-                # and no auth token written into the user's home
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                ray.init(num_cpus=granted_cpus(), include_dashboard=False, object_store_memory=200 * 2**20,
-                         log_to_driver=False)
+                # a private local cluster: no dashboard, a capped object store (records are small)
+                start_local(num_cpus=granted_cpus())
             self._started = True
         total = int(ray.cluster_resources().get("CPU", 1))
         return max(1, total // self.cfg.ray_cpus_per_cell)

@@ -12,6 +12,12 @@ limit after the last requeue) becomes a failed record naming SLURM's state, and 
 the grid resubmits its cells. Timeouts and preemption requeue the task (``__submitit_checkpoint__``
 protocol, at most ``--max-retries`` timeouts); a Python error inside a cell is already a failed
 record and is not retried; no task ever cancels a sibling.
+
+Trust boundary. Collecting (the attached driver, or ``flag-bench collect``) unpickles submitit's
+result and submission files under ``<results>/slurm/jobs``: anyone who can write there can run
+code as the user who collects. ``collect`` therefore refuses a results dir (or its ``slurm/``
+folders, or a result file) that is group- or world-writable or owned by another user
+(``untrusted``), unless ``--trust-results-dir`` says everyone who can write there is trusted.
 """
 
 from __future__ import annotations
@@ -152,10 +158,13 @@ class Submission:
     @classmethod
     def write(cls, root: Path, job_id: str, folder: Path, tasks: list[list[str]], task_jobs: list[str],
               parent_run_id: str | None, params: dict, suite: str, tracking_uri: str | None) -> "Submission":
+        from flag_bench.redact import redact_uri
+
         path = root.joinpath(*SUBMISSIONS) / f"{job_id}.json"
+        # redacted: `collect` reconnects through flag_bench.redact.connectable (the password from the environment)
         atomic_write_json(path, {"job_id": job_id, "folder": str(folder), "tasks": tasks, "task_jobs": task_jobs,
                                  "parent_run_id": parent_run_id,
-                                 "suite": suite, "tracking_uri": tracking_uri,
+                                 "suite": suite, "tracking_uri": redact_uri(tracking_uri),
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                                  "sbatch": params})
         return cls(path)
@@ -364,10 +373,54 @@ class SlurmExecutor:
         return []
 
 
+TRUST_FLAG = "--trust-results-dir"
+
+
+def untrusted(root: Path) -> str | None:
+    """Why someone other than this user (or root) could change what collecting unpickles under
+    ``root``, or None: the results dir, its ``slurm/`` folders, each submission's job folder or a
+    ``.pkl`` file in one is group- or world-writable or owned by another user."""
+    import stat
+
+    root = Path(root)
+    me = os.geteuid()
+    paths = [root, root / SUBMISSIONS[0], root.joinpath(*SUBMISSIONS), root.joinpath(*JOBS)]
+    folders = [root.joinpath(*JOBS)]
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        folders += [s.folder for s in submissions(root)]
+    for folder in dict.fromkeys(folders):
+        paths.append(folder)
+        with contextlib.suppress(OSError):
+            paths += sorted(folder.glob("*.pkl"))
+    for p in dict.fromkeys(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue  # not there (yet): nothing to unpickle from it
+        if st.st_uid not in (me, 0):
+            return f"{p} is owned by uid {st.st_uid}, not by you (uid {me})"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            who = "world" if st.st_mode & stat.S_IWOTH else "group"
+            return f"{p} is {who}-writable (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def check_trusted(root: Path) -> None:
+    """UserError (one line, naming the dir and the flag) when ``untrusted(root)``."""
+    why = untrusted(root)
+    if why:
+        raise UserError(f"--results-dir {root}: {why}; collect unpickles the SLURM result files there, which runs "
+                        f"code as you for anyone who can write them: chmod go-w it (own it yourself), or pass "
+                        f"{TRUST_FLAG} if everyone who can write there is trusted")
+
+
 def collect(store, write: Callable[[CellRecord, str | None], None]) -> dict[str, int]:
     """Write every finished, not yet collected array task of every submission through ``write``
     (the driver's store + MLflow writer). Submissions an attached driver is collecting are left to
-    it. Returns counts: tasks collected now, records written, submissions skipped as busy."""
+    it. Returns counts: tasks collected now, records written, submissions skipped as busy.
+
+    This unpickles submitit's files under ``<results>/slurm/jobs`` (see "Trust boundary" above):
+    ``flag-bench collect`` calls ``check_trusted`` first unless given ``--trust-results-dir``."""
     from filelock import Timeout
 
     out = {"tasks": 0, "records": 0, "busy": 0}

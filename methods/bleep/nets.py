@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flag_bench.errors import UserError
+from flag_bench.safeload import load_weights
 
 
 
@@ -94,7 +95,7 @@ def load_resnet50(path: str | None) -> ResNet50:
     random initialisation."""
     if not path or not Path(path).is_file():
         raise UserError(missing_weights_message(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)  # .safetensors, or torch.load(weights_only=True) on a safe torch
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from flag_bench.datasets.encoders import Encoder
 from flag_bench.errors import UserError
+from flag_bench.safeload import load_weights
 from flag_bench.methods.common.images import normalise, tiles_to_tensor
 
 
@@ -85,7 +86,7 @@ def load_ciga_resnet18(path: str | None) -> ResNet18:
     """ResNet-18 with Ciga et al.'s weights from a local file; never a silent random init."""
     if not path or not Path(path).is_file():
         raise UserError(missing_weights_message(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)  # .safetensors, or torch.load(weights_only=True) on a safe torch
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     # the checkpoint is a Lightning module holding the torchvision net as model.resnet.*
     clean = {}
