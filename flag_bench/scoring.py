@@ -76,21 +76,15 @@ def score_samples(samples: Sequence[np.ndarray], truths: Sequence[np.ndarray], t
     slides, as ``score_cell``), then per score in SAMPLE_SCORES the mean over the draws
     (``sample.<score>``) and their sd (``sample_sd.<score>``, ddof 1; NaN with one draw), plus
     ``n_samples``. Only the metrics that produce SAMPLE_SCORES are evaluated."""
-    from flag_bench.metrics.base import SlideContext
-
     metrics = {name: m for name, m in METRICS.load_all().items()
                if m.scope == "slide" and {o.name for o in m.outputs} & set(SAMPLE_SCORES)}
+    ctxs = _contexts(test, seed, annotations, target_transform)
     n = int(samples[0].shape[0])
     per_draw: dict[str, list[float]] = {k: [] for k in SAMPLE_SCORES}
     for k in range(n):
-        per_slide = []
-        for x, y, s, ann in zip(samples, truths, test.slides, annotations):
-            ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann,
-                               target_transform=target_transform)
-            per_slide.append(_slide_scores(metrics, y, x[k], ctx, {})[0])
+        per_slide = [_slide_scores(metrics, y, x[k], ctx, {})[0] for x, y, ctx in zip(samples, truths, ctxs)]
         for key in SAMPLE_SCORES:
-            vals = np.array([d.get(key, np.nan) for d in per_slide], dtype=np.float64)
-            per_draw[key].append(float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"))
+            per_draw[key].append(_slide_mean(np.array([d.get(key, np.nan) for d in per_slide], dtype=np.float64)))
     out: dict[str, float] = {"n_samples": float(n)}
     for key, vals in per_draw.items():
         v = np.asarray(vals, dtype=np.float64)
@@ -99,6 +93,19 @@ def score_samples(samples: Sequence[np.ndarray], truths: Sequence[np.ndarray], t
         out[sample_name(key)] = float(np.nanmean(v))
         out[sample_name(key, sd=True)] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else float("nan")
     return out
+
+
+def _contexts(test, seed: int, annotations: Sequence[np.ndarray | None], target_transform: str) -> list:
+    """One SlideContext per test slide, in ``test.slides`` order."""
+    from flag_bench.metrics.base import SlideContext
+
+    return [SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann,
+                         target_transform=target_transform) for s, ann in zip(test.slides, annotations)]
+
+
+def _slide_mean(values: np.ndarray) -> float:
+    """A cell's score: the mean over its test slides, a NaN slide left out (NaN when all are)."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def _slide_scores(metrics, y, p, ctx, notes: dict) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -128,9 +135,8 @@ def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, 
     per_slide: dict[str, dict[str, float]] = {}
     per_gene: dict[str, dict[str, np.ndarray]] = {}
     notes: dict[str, Any] = {}
-    for i, (p, y, s, ann) in enumerate(zip(preds, truths, test.slides, annotations)):
-        ctx = SlideContext(s.slide_id, np.asarray(s.coords_um, dtype=np.float64), test.genes, seed, ann,
-                           target_transform=target_transform)
+    for i, (p, y, s, ctx) in enumerate(zip(preds, truths, test.slides,
+                                           _contexts(test, seed, annotations, target_transform))):
         per_slide[s.slide_id], per_gene[s.slide_id] = _slide_scores(metrics, y, p, ctx, notes)
         if counts is not None and libraries is not None:
             ceil, why = _ceilings(counts[i], libraries[i], target_transform, ctx, metrics)
@@ -139,7 +145,7 @@ def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, 
     cell: dict[str, float] = {}
     for k in sorted({k for v in per_slide.values() for k in v}):
         arr = np.array([per_slide[s].get(k, np.nan) for s in per_slide], dtype=np.float64)
-        cell[k] = float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
+        cell[k] = _slide_mean(arr)
         # a slide whose score is NaN is left out of the mean: say over how many slides it is
         notes[f"n_slides.{k}"] = int(arr.size)
         notes[f"n_nan_slides.{k}"] = int(np.isnan(arr).sum())
