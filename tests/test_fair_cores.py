@@ -177,6 +177,10 @@ def test_adapt_threads_sizes_to_others(monkeypatch):
     monkeypatch.setenv(threads.ADAPT_ENV, "0")
     monkeypatch.setattr(load, "others_since_last_look", lambda: 2.0)
     assert threads.adapt_threads() == (2, 2.0)  # opted out: the grant whatever the load
+    threads._STATE.update(threads=1)  # sized down by an earlier cell, before the user opted out
+    monkeypatch.setattr(load, "others_since_last_look", lambda: None)
+    assert threads.adapt_threads() == (2, None)  # opted out, nothing measured: still the grant
+    monkeypatch.setattr(load, "others_since_last_look", lambda: 2.0)
     monkeypatch.setattr(threads, "_STATE", {})
     assert threads.adapt_threads() == (None, 2.0)  # never limited: nothing to size
 
@@ -186,6 +190,7 @@ SYN = "synthetic:n_slides=3,spots_per_slide=40,n_genes=30,seed=3"
 COSTS = ("cpu_seconds", "wall_seconds", "load_start", "load_end", "others_cpu", "cores", "contended")
 
 
+@pytest.mark.slow
 def test_records_carry_cpu_load_and_contended(tmp_path):
     from flag_bench.config import RunConfig
     from flag_bench.driver import Driver

@@ -229,8 +229,10 @@ def adapt_threads() -> tuple[int | None, float | None]:
     if granted is None:
         return applied_threads(), others
     n = applied_threads() or granted
-    if others is not None:
-        n = load.threads_for_load(granted, load.sampled_cpus(), others) if adapt_enabled() else granted
+    if not adapt_enabled():  # the granted count, whatever an earlier cell of this process was sized to
+        n = granted
+    elif others is not None:
+        n = load.threads_for_load(granted, load.sampled_cpus(), others)
     if n != applied_threads():
         _set_threads(n)
     return n, others
