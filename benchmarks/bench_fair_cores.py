@@ -18,6 +18,7 @@ the ratios with the acceptance of issue 23:
   - the tree's lone run at most 10% slower than today's (OMP_WAIT_POLICY=PASSIVE made it 45% slower).
 
     python benchmarks/bench_fair_cores.py [--ref HEAD] [--versions ref,tree] [--repeat 1]
+        [--situations a,b,c]
         [--variant NAME:VAR=VALUE[,VAR=VALUE]]...
 
 ``--variant`` adds a run of the working tree with extra environment variables, to try another wait
@@ -193,6 +194,7 @@ def main() -> None:
                     help="also run the working tree with these environment variables")
     ap.add_argument("--methods", default="triplex,stflow")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each situation; medians are compared")
+    ap.add_argument("--situations", default="a,b,c", help="which of a (alone), b (two at once), c (beside numpy)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (results and logs of every run)")
     args = ap.parse_args()
 
@@ -220,6 +222,8 @@ def main() -> None:
             print(f"\nround {i + 1} of {args.repeat}")
             for key, label, fn in (("a", "(a) alone", alone), ("b", "(b) two at once", together),
                                    ("c", "(c) beside a 2-thread numpy loop", beside_numpy)):
+                if key not in args.situations:
+                    continue
                 for v in versions:  # interleaved: a drift of the machine hits every version alike
                     out = fn(v, args.methods)
                     runs = out if isinstance(out, list) else [out]
@@ -231,13 +235,13 @@ def main() -> None:
         med = {}
         for v in versions:
             r = results[v.name]
-            a = statistics.median(w[0] for w in r["a"])
-            b = statistics.median(max(w) for w in r["b"])
-            c = statistics.median(w[0] for w in r["c"])
+            a = statistics.median(w[0] for w in r["a"]) if r["a"] else float("nan")
+            b = statistics.median(max(w) for w in r["b"]) if r["b"] else float("nan")
+            c = statistics.median(w[0] for w in r["c"]) if r["c"] else float("nan")
             med[v.name] = a
             print(f"  {v.name:<22} alone {a:6.1f} s | two at once {b:6.1f} s each at most = {b / a:4.2f}x"
                   f" | beside numpy {c:6.1f} s = {c / a:4.2f}x")
-            if not v.name.startswith("ref"):
+            if r["b"] and not v.name.startswith("ref"):
                 print(f"  {'':<22} two at once within 2.4x of alone: {'PASS' if b / a <= 2.4 else 'FAIL'}")
         ref = next((n for n in med if n.startswith("ref")), None)
         for name, a in med.items():

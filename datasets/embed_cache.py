@@ -203,13 +203,13 @@ def get_embeddings(dataset: SpatialDataset, slide_id: str, encoder: Encoder, pat
                    **options) -> np.ndarray:
     """float32 (n_spots, D) embeddings of ``slide_id``'s tiles at ``patch`` (read-only array);
     ``options`` (device, cache_dir, on_batch) as for ``embeddings_for``."""
-    slide = dataset.slide(slide_id)
-    if slide.tile_reader is None:
+    reader = dataset.slide(slide_id).tile_reader
+    if reader is None:
         from flag_bench.errors import UserError
 
         raise UserError(f"dataset {dataset.name}: slide {slide_id} has no image or patches, so it cannot be "
                         "embedded; give the slide's image or patches in the dataset spec")
-    return embeddings_for(SlideRef.of(dataset, slide_id), lambda p, spots: slide.tile_reader(slide_id, p, spots),
+    return embeddings_for(SlideRef.of(dataset, slide_id), lambda p, spots: reader(slide_id, p, spots),
                           encoder, patch, **options)
 
 

@@ -72,7 +72,7 @@ class Encoder(abc.ABC):
     """Base class. ``version`` changes whenever the same tiles would give different numbers."""
 
     name: ClassVar[str]
-    version: ClassVar[str]
+    version: str  # a class constant, or set per instance when it depends on a weights file
     dim: ClassVar[int]
     batch_size: int = 64
     # False when the numbers do not depend on the device (the embedding cache then shares them)

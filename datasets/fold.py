@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,8 +78,10 @@ def _test_informed(selector: PanelSelector, ds: SpatialDataset) -> bool:
     (``meta['test_informed_files']``, e.g. HEST-Benchmark's var_50genes.json): the panel is a
     fixed list, fitted on no fold, and the leaderboard marks it."""
     path = selector.params.get("path")
+    if not path:
+        return False
     declared = ds.meta.get("test_informed_files") or ()
-    return bool(path) and str(Path(path).resolve()) in {str(Path(f).resolve()) for f in declared}
+    return str(Path(path).resolve()) in {str(Path(f).resolve()) for f in declared}
 
 
 class FoldBuilder:
@@ -133,8 +135,8 @@ class FoldBuilder:
         with the run encoder's (cached) embeddings of the protocol patches."""
         panel = self.panel(spec, selector)
         how = TargetTransform(spec.target_transform)
-        common = dict(genes=panel.genes, gene_ids=tuple(self.ds.gene_ids[i] for i in panel.index),
-                      target_transform=how.value, dataset=self.ds.name)
+        common: dict[str, Any] = dict(genes=panel.genes, gene_ids=tuple(self.ds.gene_ids[i] for i in panel.index),
+                                      target_transform=how.value, dataset=self.ds.name)
 
         def train_data(ids: Sequence[str]) -> TrainData:
             slides = []

@@ -24,8 +24,9 @@ BACKGROUND = 255
 
 @dataclass(frozen=True)
 class EncoderSource:
-    """Resolves an encoder name for ``SlideImage.embeddings``: the caller's resolver (the
-    ENCODERS registry), else only the run's own encoder. Holds no dataset or builder state."""
+    """Resolves an encoder name for ``SlideImage.embeddings``: the caller's resolver (the run's:
+    ``flag_bench.resolve.encoder_resolver()``, the ENCODERS registry), else only the run's own
+    encoder. Holds no dataset or builder state; datasets/ never imports the catalog itself."""
 
     default: Encoder | None = None
     resolver: Callable[[str], Encoder] | None = None
@@ -114,7 +115,9 @@ class SlideImage:
             return float(stored)
         if self.n_spots < 2:
             return float(self.patch.size_um)
-        return 2.0 * median_spacing(self.coords_um)
+        spacing = median_spacing(self.coords_um)
+        assert spacing is not None  # two or more spots always leave a distance
+        return 2.0 * spacing
 
     def _compose(self, center: np.ndarray, size_um: float, px: int) -> np.ndarray:
         um_per_px = size_um / px

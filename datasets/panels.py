@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -248,7 +248,7 @@ class FilePanel(PanelSelector):
                            test_informed=False)
 
 
-def make_selector(spec: PanelSpec, cls: type[PanelSelector]) -> PanelSelector:
+def make_selector(spec: PanelSpec, cls: Callable[..., PanelSelector]) -> PanelSelector:
     """Instantiate the selector class the caller resolved from the PANELS registry for ``spec``
     (a file selector gets the spec's path; the others take no argument)."""
     if spec.kind == "file":

@@ -55,6 +55,20 @@ METHODS.set_light({
     "stflow": "flag_bench.methods.stflow.card:STFLOW",
 })
 
+# Torch-free homes of the Config, presets and resource check of the built-ins whose module imports
+# torch ("module:attr", attr a dict of methods/config_home.ConfigHome by method name): planning
+# (`run --dry-run`, `show`) reads them through flag_bench/resolve.py instead of importing torch.
+# The method class takes the same objects, so they live once (tests/test_resolve.py checks both).
+CONFIG_HOMES: dict[str, str] = {
+    **{name: "flag_bench.methods.flag.config:HOMES" for name in (
+        "flag", "flag-paper", "flag-joint", "flag-node", "flag-no-gfm", "flag-no-graph", "flag-regression")},
+    "stem": "flag_bench.methods.stem_config:HOMES",
+    "bleep": "flag_bench.methods.bleep.config:HOMES",
+    "histogene": "flag_bench.methods.histogene.config:HOMES",
+    "triplex": "flag_bench.methods.triplex.config:HOMES",
+    "stflow": "flag_bench.methods.stflow.config:HOMES",
+}
+
 
 # The built-in names the harness hands the test truth (methods/oracles.py): the oracles and the
 # nulls built from the truth. The grant is this mapping (a registered built-in name -> the class

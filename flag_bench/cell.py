@@ -15,11 +15,15 @@ import itertools
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from flag_bench.errors import CellFailure, UserError
-from flag_bench.plan import CellTask, load_dataset
+from flag_bench import resolve
+from flag_bench.plan import CellTask, encoder_identity
 from flag_bench.record import CellRecord, ErrorInfo, MethodInfo, PanelInfo, jsonable
+
+if TYPE_CHECKING:
+    from flag_bench.isolate import ChildTask  # what an isolated child hands _fit_predict
 
 EventSink = Callable[[str, dict], None]
 
@@ -42,30 +46,27 @@ def _now() -> str:
 
 def fold_builder(task: CellTask):
     """One FoldBuilder per (dataset, patch, encoder, device, cache) in this process."""
-    from flag_bench.catalog import RegisteredEncoders
     from flag_bench.datasets.fold import FoldBuilder
 
     key = (task.dataset.key, task.patch, task.encoder, task.device, task.cache_dir)
     # the resolver methods reach through SlideImage: an object with no module globals (a closure
-    # here would lead to this module's _BUILDERS and plan's _DATASET_MEMO; docs/threat-model.md)
+    # here would lead to this module's _BUILDERS and resolve's _DATASET_MEMO; docs/threat-model.md)
     return _BUILDERS.get_or_compute(key, lambda: FoldBuilder(
-        load_dataset(task.dataset), patch=task.patch, encoder=run_encoder(task), device=task.device,
-        cache_dir=task.cache_dir, encoder_resolver=RegisteredEncoders()))
+        resolve.dataset(task.dataset), patch=task.patch, encoder=run_encoder(task), device=task.device,
+        cache_dir=task.cache_dir, encoder_resolver=resolve.encoder_resolver()))
 
 
 def run_encoder(task: CellTask):
     """The task's encoder as this process resolves it, checked against the plan: a worker that
     finds other weights (another FLAG_BENCH_<NAME>_WEIGHTS, a changed file) would compute numbers
     the cell id does not describe."""
-    from flag_bench.catalog import ENCODERS
     from flag_bench.datasets.encoders import remember_sha256
-    from flag_bench.plan import encoder_identity
 
     info = task.protocol.get("encoder_info") or {}
     w = info.get("weights") or {}
     if w.get("path") and w.get("sha256") and "mtime_ns" in w:
         remember_sha256(w["path"], int(w["bytes"]), int(w["mtime_ns"]), str(w["sha256"]))
-    encoder = ENCODERS.get(ENCODERS.check(task.encoder))()
+    encoder = resolve.encoder(task.encoder)
     if info and encoder_identity(encoder) != task.cell.encoder:
         found = getattr(encoder, "weights_file", lambda: None)()
         raise UserError(f"encoder {task.encoder}: this process finds weights {found} ({encoder_identity(encoder)}), "
@@ -88,10 +89,10 @@ def progress_hook(on_event: EventSink, cell_id: str):
     return hook
 
 
-def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
+def _fit_predict(task: CellTask | ChildTask, views, on_event: EventSink, stage: list[str]):
     from flag_bench.measure import PeakRSS, sync
     from flag_bench.methods.base import seed_everything
-    from flag_bench.methods.oracles import receives_truth
+    from flag_bench.methods.oracles import Oracle, receives_truth
 
     if getattr(task, "isolate", False) and not receives_truth(task.method_cls):
         from flag_bench.isolate import fit_predict_isolated  # a fresh process runs this function
@@ -114,8 +115,9 @@ def _fit_predict(task: CellTask, views, on_event: EventSink, stage: list[str]):
         on_event("stage", {"cell_id": task.cell.cell_id, "stage": "predict"})
         # a built-in oracle reads the answer by design (methods/oracles.py); nothing else gets it
         samples = None
+        preds: list | None  # None with samples: their mean is the prediction
         if receives_truth(type(method)):
-            preds = method.predict_from_truth(views.test, views.truths)
+            preds = cast(Oracle, method).predict_from_truth(views.test, views.truths)
         else:
             # draws, when the method keeps them: their mean is the prediction (_compute), so one
             # sampling pass serves both
@@ -183,9 +185,7 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
 
 
 def _selector(task: CellTask):
-    from flag_bench.plan import make_selector
-
-    return make_selector(task.fold.panel)
+    return resolve.panel_selector(task.fold.panel)
 
 
 def run_cell(task: CellTask, on_event: EventSink | None = None) -> CellRecord:
@@ -194,6 +194,8 @@ def run_cell(task: CellTask, on_event: EventSink | None = None) -> CellRecord:
     started = _now()
     stage = ["data"]
     on_event("stage", {"cell_id": task.cell.cell_id, "stage": "data"})
+    base: dict[str, Any]
+    info: dict[str, Any]
     base = dict(cell=task.cell, protocol=task.protocol, provenance=task.provenance, device=task.device,
                 started=started)
     info = dict(name=task.cell.method, preset=task.cell.preset, config=jsonable(dataclasses.asdict(task.config)),

@@ -24,10 +24,10 @@ import scipy.sparse as sp
 
 from flag_bench.check_walk import leaks
 from flag_bench.errors import UserError
+from flag_bench.spec import PRESETS, PanelSpec, SplitSpec, TargetTransform  # noqa: F401  (PRESETS: re-exported to check_rules)
 
 CHECK_DATASET = "flag-bench-check"
 G = 10
-PRESETS = ("tiny", "small", "paper")
 DATASET_PARAMS = dict(n_slides=5, n_patients=3, spots_per_slide=40, n_genes=60, seed=3)
 FIXTURE = "tiny preset, patient fold of a synthetic dataset (5 slides, 3 patients, 40 spots each), G=10"
 
@@ -77,7 +77,6 @@ def fold_views(cls, ds, builder=None):
     from flag_bench.datasets.fold import FoldSpec
     from flag_bench.datasets.panels import HMHVG
     from flag_bench.datasets.splits import carve_validation, make_split
-    from flag_bench.spec import PanelSpec, SplitSpec, TargetTransform
 
     plan = make_split(ds, SplitSpec("patient"))
     fold = carve_validation(plan, plan.folds[0]) if cls.card.uses_validation else plan.folds[0]

@@ -4,7 +4,7 @@ predictions) is skipped when that failed, so one broken step is reported once, b
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from flag_bench.check import (
     scrambled_dataset,
     synthetic_dataset,
 )
-from flag_bench.errors import UserError
+from flag_bench.errors import CellFailure, UserError
 
 
 class Contract:
@@ -29,7 +29,7 @@ class Contract:
         self.name, self.cls = name, cls
         self.ds = synthetic_dataset()
         self.holder = {"ds": self.ds}  # what the registered check dataset resolves to
-        self.views = None
+        self.views: Any = None  # what fold_views gives, once fit_predict has run
         self.model = None
         self.preds = None
         self.before: list[np.ndarray] = []  # training targets as handed over, before fit
@@ -76,7 +76,8 @@ class Contract:
         from flag_bench.methods.oracles import claims_truth
 
         if claims_truth(cls):
-            raise Failed("claims to read the test truth (an Oracle subclass, or a card saying oracle or reads_truth), "
+            raise Failed("claims to read the test truth (an Oracle subclass, or a card with role oracle or truth_null "
+                         "or saying reads_truth), "
                          "but the harness hands the truth only to the built-in names its registry grants "
                          "(catalog.TRUTH_RECEIVERS), whatever the class's __module__ says: it runs as a method "
                          "and is never handed the truth")
@@ -177,7 +178,6 @@ class Contract:
         """A method that returns its draws (``predict_samples``): one (n, N, G) array per slide,
         the same n everywhere, finite, and their mean is ``predict``'s output (the harness scores
         the mean as the prediction and each draw apart)."""
-        from flag_bench.errors import CellFailure
         from flag_bench.scoring import check_samples
 
         preds = self._predictions()

@@ -60,7 +60,7 @@ def _referents(obj) -> list[tuple[str, object]]:
         target = obj()
         return [("()", target)] if target is not None else []
     if isinstance(obj, np.ndarray):
-        kids = [("base", obj.base)] if obj.base is not None else []
+        kids: list[tuple[str, object]] = [("base", obj.base)] if obj.base is not None else []
         return kids + ([(f"[{i}]", v) for i, v in enumerate(obj.ravel())] if obj.dtype == object else [])
     if sp.issparse(obj):
         return []
@@ -71,7 +71,7 @@ def _referents(obj) -> list[tuple[str, object]]:
     if isinstance(obj, functools.partial):
         return [("func", obj.func), ("args", obj.args), ("keywords", obj.keywords)]
     if isinstance(obj, types.FunctionType):
-        cells = [(f"closure {n}", c.cell_contents) for n, c in
+        cells: list[tuple[str, object]] = [(f"closure {n}", c.cell_contents) for n, c in
                  zip(obj.__code__.co_freevars, obj.__closure__ or ()) if c.cell_contents is not None]
         return cells + [("__defaults__", obj.__defaults__), ("__kwdefaults__", obj.__kwdefaults__),
                         (GLOBALS, obj.__globals__)] + list(obj.__dict__.items())
@@ -162,7 +162,7 @@ def leaks(ds: SpatialDataset, views, root=None) -> list[str]:
     bad = _forbidden(ds, views)
     files = count_files(ds)
     basenames = {os.path.basename(f) for f in files}
-    found = []
+    found: list[str] = []
     with warnings.catch_warnings():  # reading a deprecated attribute of a library warns; it is only read
         warnings.simplefilter("ignore")
         for path, obj in _walk(views.test if root is None else root):

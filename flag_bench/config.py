@@ -22,57 +22,103 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from flag_bench.cluster import ENGINES, engine
 from flag_bench.errors import UserError
+from flag_bench.options import (CSV, CSV_INT, DATASETS, PATH, REPEAT, SWITCH, converters, ints, key_values,
+                                not_grid_keys, option, strs)
 from flag_bench.spec import DatasetSpec, PanelSpec, Preset, SplitSpec, TargetTransform
 
 DEFAULT_RESULTS_DIR = "flag-bench-results"
 
 
+def _datasets(value: Any) -> tuple[DatasetSpec, ...]:
+    return tuple(DatasetSpec.parse(d) for d in (value if isinstance(value, (list, tuple)) else [value]))
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    datasets: tuple[DatasetSpec, ...] = (DatasetSpec("her2st-mini"),)
-    methods: tuple[str, ...] | None = None  # None = every built-in method with card.default_run
-    genes: tuple[int, ...] = (50,)
-    panel: PanelSpec = PanelSpec("hmhvg")
-    split: SplitSpec = SplitSpec("default")  # each dataset's own (SpatialDataset.default_split)
-    folds: tuple[int, ...] | None = None  # None = all folds of the split
-    seeds: tuple[int, ...] = (0,)
-    preset: Preset = Preset.SMALL
-    device: str = "auto"
-    encoder: str = "efficientnet-lite0"
-    patch_um: float = 112.0
-    patch_px: int = 224
-    target_transform: TargetTransform = TargetTransform.LOG1P
-    allow_patient_overlap: bool | None = None
-    results_dir: str = DEFAULT_RESULTS_DIR
-    tracking_uri: str | None = None
-    suite: str = "default"
-    workers: int = 1
-    force: bool = False
-    fail_fast: bool = False
+    # Each field is one run option, declared once (flag_bench/options.py): the `run` command's flag,
+    # its help and default, the TOML [run] key and its check, and the grid key all come from here.
+    datasets: tuple[DatasetSpec, ...] = option(
+        (DatasetSpec("her2st-mini"),), cli=DATASETS, short="-d", convert=_datasets,
+        help="Comma-separated datasets; parameters as name:key=value")
+    methods: tuple[str, ...] | None = option(
+        None, cli=CSV, short="-m", convert=strs("--methods"),
+        default_text="every built-in method marked for the default run", help="Comma-separated methods")
+    genes: tuple[int, ...] = option((50,), cli=CSV_INT, short="-g", convert=ints("--genes"),
+                                    help="Comma-separated panel sizes G")
+    panel: PanelSpec = option(
+        PanelSpec("hmhvg"), convert=PanelSpec.parse,
+        help="Panel selector: hmhvg, hvg or file:PATH, fitted once per fold on its non-test slides")
+    split: SplitSpec = option(  # each dataset's own (SpatialDataset.default_split)
+        SplitSpec("default"), convert=SplitSpec.parse,
+        help="default (each dataset's own: patient where patients are known, a HEST-Benchmark task's folds, "
+             "her2st-mini's leave-one-slide-out), slide, patient, hest, or file:PATH")
+    folds: tuple[int, ...] | None = option(None, cli=CSV_INT, convert=ints("--folds"), default_text="all",
+                                           help="Comma-separated fold indices to run")
+    seeds: tuple[int, ...] = option((0,), cli=CSV_INT, convert=ints("--seeds"), help="Comma-separated seeds")
+    preset: Preset = option(Preset.SMALL, convert=lambda v: Preset.parse(v, "--preset"),
+                            help="Method preset; tiny is for tests only")
+    device: str = option("auto", grid=False, help="auto, cpu, cuda, cuda:N")
+    encoder: str = option("efficientnet-lite0", help="Image encoder")
+    patch_um: float = option(112.0, help="Patch side in micrometres of tissue")
+    patch_px: int = option(224, help="Patch side in pixels after resampling")
+    target_transform: TargetTransform = option(
+        TargetTransform.LOG1P, convert=lambda v: TargetTransform.parse(v, "--target-transform"),
+        help="Target transform")
+    allow_patient_overlap: bool | None = option(
+        None, cli=SWITCH, cli_type=bool, default_text="only where the dataset documents it",
+        help="Allow folds whose test patient is also in train")
+    results_dir: str = option(DEFAULT_RESULTS_DIR, cli=PATH, grid=False, convert=str,
+                              default_text=f"./{DEFAULT_RESULTS_DIR}",
+                              help="Where results, artifacts and mlflow.db go")
+    tracking_uri: str | None = option(None, grid=False, default_text="sqlite:///<results-dir>/mlflow.db",
+                                      help="MLflow tracking URI")
+    suite: str = option("default", help="Suite name: one MLflow experiment per suite")
+    workers: int = option(1, grid=False, short="-w", default_text="1: in this process",
+                          help="Worker processes; each gets an equal share of the CPUs, or one GPU each")
+    force: bool = option(False, cli=SWITCH, grid=False, help="Recompute finished cells")
+    fail_fast: bool = option(False, cli=SWITCH, grid=False, help="Stop at the first failed cell")
     # where cells run (never part of a cell's identity): local (serial or --workers pool), slurm, ray
-    executor: str = "local"
-    max_retries: int = 1
-    detach: bool = False
-    slurm_partition: str | None = None
-    slurm_time: int = 60  # minutes per array task (the wall-clock limit of its cells)
-    slurm_gpus_per_task: int | None = None
-    slurm_cpus_per_task: int | None = None
-    slurm_mem: str | None = None
-    slurm_array_parallelism: int | None = None
-    slurm_qos: str | None = None
-    slurm_account: str | None = None
-    slurm_extra: Mapping[str, str] = field(default_factory=dict)
-    slurm_batch: int = 1
-    ray_address: str | None = None
-    ray_cpus_per_cell: int = 1
+    executor: str = option("local", grid=False,
+                           help="Where cells run: local (this machine; --workers for a pool), slurm (a submitit "
+                                "job array) or ray")
+    max_retries: int = option(1, grid=False, help="SLURM: requeues of a timed-out or preempted task; "
+                                                  "Python errors are never retried")
+    detach: bool = option(False, cli=SWITCH, grid=False, show_default=False,
+                          help="SLURM: submit and return; `flag-bench collect` gathers the results later.")
+    slurm_partition: str | None = option(None, grid=False, show_default=False, help="SLURM partition.")
+    slurm_time: int = option(60, grid=False, help="Wall-clock limit per array task, in minutes")
+    slurm_gpus_per_task: int | None = option(None, cli_type=int, grid=False,
+                                             default_text="1 when --device is cuda, else none",
+                                             help="GPUs per array task")
+    slurm_cpus_per_task: int | None = option(None, cli_type=int, grid=False, default_text="1",
+                                             help="CPUs per array task; torch/OpenMP/BLAS threads follow it")
+    slurm_mem: str | None = option(None, grid=False, show_default=False, help="Memory per array task, e.g. 16G.")
+    slurm_array_parallelism: int | None = option(None, cli_type=int, grid=False, show_default=False,
+                                                 help="Array tasks running at once (SLURM's %N).")
+    slurm_qos: str | None = option(None, grid=False, show_default=False, help="SLURM QOS.")
+    slurm_account: str | None = option(None, grid=False, show_default=False, help="SLURM account.")
+    slurm_extra: Mapping[str, str] = option(
+        cli=REPEAT, grid=False, show_default=False, factory=dict,
+        convert=key_values("slurm_extra", "constraint=a100"),
+        help="Any other sbatch option as key=value (repeatable), e.g. constraint=a100.")
+    slurm_batch: int = option(1, grid=False, help="Cells per array task")
+    ray_address: str | None = option(None, grid=False,
+                                     default_text="a local Ray cluster sized to this process's CPUs",
+                                     help="Ray cluster to join (e.g. auto or ray://host:10001)")
+    ray_cpus_per_cell: int = option(1, grid=False, help="Ray: CPUs reserved per cell; its threads follow it")
     # each cell's fit/predict in a fresh spawned process that receives only the method's inputs
     # (flag_bench/isolate.py, docs/threat-model.md); same numbers, never part of a cell's identity
-    isolate: bool = False
+    isolate: bool = option(False, cli=SWITCH, grid=False,
+                           help="Fit and predict each cell in a fresh process that receives only the method's "
+                                "inputs (no dataset, no test truth, no caller frames); scoring stays here. Same "
+                                "numbers; a few seconds more per cell: a fresh Python importing torch")
+    # per-method overrides of the preset's config fields: only from a config file's [methods.NAME]
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name, convert in _CONVERT.items():
+        for name, convert in converters(type(self)).items():
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, convert(value))
@@ -93,8 +139,9 @@ class RunConfig:
                 raise UserError(f"--{name.replace('_', '-')} {value}: use 1 or more")
         if self.slurm_gpus_per_task is not None and self.slurm_gpus_per_task < 0:
             raise UserError(f"--slurm-gpus-per-task {self.slurm_gpus_per_task}: use 0 or more")
-        if self.detach and self.executor != "slurm":
-            raise UserError("--detach: only --executor slurm can detach (its jobs outlive this process)")
+        if self.detach and not getattr(engine(self.executor), "can_detach", False):
+            names = ", ".join(cls_name for cls_name, cls in ((n, engine(n)) for n in ENGINES) if cls and cls.can_detach)
+            raise UserError(f"--detach: only --executor {names} can detach (its jobs outlive this process)")
         if self.patch_um <= 0 or self.patch_px <= 0:
             raise UserError(f"patch {self.patch_um} um / {self.patch_px} px: both must be positive")
 
@@ -102,104 +149,12 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-EXECUTORS = ("local", "slurm", "ray")
+EXECUTORS = ("local", *ENGINES)  # local: this machine (serial or a --workers pool); the rest: flag_bench/cluster
 
 
-def _extra(value: Any) -> dict[str, str]:
-    """--slurm-extra key=value (repeatable) or a TOML table: free sbatch options."""
-    if isinstance(value, Mapping):
-        items = list(value.items())
-    else:
-        items = []
-        for kv in value if isinstance(value, (list, tuple)) else [value]:
-            if not isinstance(kv, str) or "=" not in kv or not kv.split("=", 1)[0].strip():
-                raise UserError(f"--slurm-extra {kv!r}: expected key=value, e.g. --slurm-extra constraint=a100")
-            k, v = kv.split("=", 1)
-            items.append((k.strip(), v.strip()))
-    out = {}
-    for k, v in items:
-        if not isinstance(k, str) or isinstance(v, (dict, list)):
-            raise UserError(f"slurm_extra {k!r}: expected key = \"value\" pairs")
-        out[k] = str(v)
-    return out
-
-
-def _ints(what: str) -> Callable[[Any], tuple[int, ...]]:
-    def convert(value: Any) -> tuple[int, ...]:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
-            raise UserError(f"{what} {list(items)}: expected a list of integers, e.g. {what} 50,200")
-        return tuple(items)
-
-    return convert
-
-
-def _strs(what: str) -> Callable[[Any], tuple[str, ...]]:
-    def convert(value: Any) -> tuple[str, ...]:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if any(not isinstance(v, str) for v in items):
-            raise UserError(f"{what} {list(items)}: expected a list of names")
-        return tuple(items)
-
-    return convert
-
-
-def _typed(kind: type, what: str) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not ok:
-            raise UserError(f"{what} {value!r}: expected {kind.__name__}")
-        return value
-
-    return convert
-
-
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "datasets": lambda v: tuple(DatasetSpec.parse(d) for d in (v if isinstance(v, (list, tuple)) else [v])),
-    "methods": _strs("--methods"),
-    "genes": _ints("--genes"),
-    "panel": PanelSpec.parse,
-    "split": SplitSpec.parse,
-    "folds": _ints("--folds"),
-    "seeds": _ints("--seeds"),
-    "preset": lambda v: Preset.parse(v, "--preset"),
-    "device": _typed(str, "--device"),
-    "encoder": _typed(str, "--encoder"),
-    "patch_um": _typed(float, "patch_um"),
-    "patch_px": _typed(int, "patch_px"),
-    "target_transform": lambda v: TargetTransform.parse(v, "--target-transform"),
-    "allow_patient_overlap": _typed(bool, "--allow-patient-overlap"),
-    "results_dir": lambda v: str(v),
-    "tracking_uri": _typed(str, "--tracking-uri"),
-    "suite": _typed(str, "--suite"),
-    "workers": _typed(int, "--workers"),
-    "force": _typed(bool, "--force"),
-    "fail_fast": _typed(bool, "--fail-fast"),
-    "executor": _typed(str, "--executor"),
-    "max_retries": _typed(int, "--max-retries"),
-    "detach": _typed(bool, "--detach"),
-    "slurm_partition": _typed(str, "--slurm-partition"),
-    "slurm_time": _typed(int, "--slurm-time"),
-    "slurm_gpus_per_task": _typed(int, "--slurm-gpus-per-task"),
-    "slurm_cpus_per_task": _typed(int, "--slurm-cpus-per-task"),
-    "slurm_mem": _typed(str, "--slurm-mem"),
-    "slurm_array_parallelism": _typed(int, "--slurm-array-parallelism"),
-    "slurm_qos": _typed(str, "--slurm-qos"),
-    "slurm_account": _typed(str, "--slurm-account"),
-    "slurm_extra": _extra,
-    "slurm_batch": _typed(int, "--slurm-batch"),
-    "ray_address": _typed(str, "--ray-address"),
-    "ray_cpus_per_cell": _typed(int, "--ray-cpus-per-cell"),
-    "isolate": _typed(bool, "--isolate"),
-}
-
+_CONVERT: dict[str, Callable[[Any], Any]] = converters(RunConfig)
 # keys that describe where and how a grid runs, not what it computes
-NOT_GRID_KEYS = ("results_dir", "tracking_uri", "force", "fail_fast", "device", "workers", "executor", "max_retries",
-                 "detach", "slurm_partition", "slurm_time", "slurm_gpus_per_task", "slurm_cpus_per_task", "slurm_mem",
-                 "slurm_array_parallelism", "slurm_qos", "slurm_account", "slurm_extra", "slurm_batch", "ray_address",
-                 "ray_cpus_per_cell", "isolate")
+NOT_GRID_KEYS = not_grid_keys(RunConfig)
 
 
 def plain_value(v: Any) -> Any:

@@ -1,7 +1,8 @@
-"""The driver: plan -> skip finished -> encode every slide once -> executor.map -> store + MLflow.
+"""The driver: plan -> skip finished -> encode every slide once -> executor.submit / collect -> store + MLflow.
 
 It is the only writer of the results store and MLflow (SQLite stays safe), whatever executor
-computes the cells. Before a cell is handed out it is claimed in the store, so two runs of the
+computes the cells; it drives every executor through one protocol (flag_bench.cluster.Executor) and
+names none. Before a cell is handed out it is claimed in the store, so two runs of the
 same grid started at once share the work instead of computing a cell twice.
 """
 
@@ -33,9 +34,10 @@ class RunSummary:
     parent_run_id: str | None = None
     tracking_uri: str | None = None  # as shown: its password redacted (flag_bench.redact)
     executor: str = "serial"
-    slurm_job: str | None = None  # the job array this run submitted
+    job: str | None = None  # the cluster job (a job array) this run submitted
+    job_note: str | None = None  # the engine's one line about it (what was submitted, where its logs are)
     detached: bool = False
-    collected: int = 0  # records of earlier SLURM submissions gathered at the start
+    collected: int = 0  # records of earlier detached submissions gathered at the start
     tracking_offline: str | None = None  # why MLflow logging stopped mid-run (sync-tracking fixes it)
 
     @property
@@ -59,15 +61,17 @@ class Driver:
         from flag_bench.methods.base import resolve_device
         from flag_bench.tracking import Tracker, default_tracking_uri
 
+        from flag_bench.executors import cell_device, executor_class, remote_cuda
+
         cfg = self.cfg
-        if cfg.executor != "local" and cfg.device.startswith("cuda"):
+        engine = executor_class(cfg)
+        device = cell_device(cfg)
+        encode_device: str | None = device
+        if remote_cuda(cfg):
             # cells run on the cluster's GPUs, which this (login) node need not have. Embeddings are
             # cached per device kind, so a CPU node encoding for CUDA cells would be wasted: the
-            # array tasks encode on their GPUs into the shared cache instead
-            device = cfg.device
+            # cluster's tasks encode on their GPUs into the shared cache instead
             encode_device = device if resolve_device("auto").startswith("cuda") else None
-        else:
-            device = encode_device = resolve_device(cfg.device)
         uri = cfg.tracking_uri or default_tracking_uri(cfg.results_dir)
         if device.startswith("cuda") and encode_device is None:
             prov = {**provenance("cpu"), "device": device, "device_name": f"{device} on a {cfg.executor} node"}
@@ -78,16 +82,15 @@ class Driver:
         with self.store.creation_lock():
             tracker = Tracker(uri, Path(cfg.results_dir), cfg.suite, warn=self._warn)
         summary = RunSummary(planned=len(plan.tasks), tracking_uri=tracker.shown_uri)  # shown: no password
-        if cfg.executor == "slurm":  # earlier submissions: their finished and lost tasks first
-            from flag_bench.cluster.slurm import collect
-
-            summary.collected = collect(self.store, lambda rec, parent: self.persist(rec, tracker, parent))["records"]
+        # earlier detached submissions of this engine: their finished and lost tasks first
+        summary.collected = engine.collect_detached(self.store,
+                                                    lambda rec, parent: self.persist(rec, tracker, parent))["records"]
         tracker.safely("logging cells an earlier run left unlogged", tracker.sync, self.store)
         summary.parent_run_id = tracker.start_parent(plan.grid_spec, prov)
         self.store.write_plan(plan.grid_spec, [t.summary() for t in plan.tasks])
         todo = [t for t in plan.tasks if cfg.force or not self.store.finished(t.cell.cell_id)]
         summary.skipped = len(plan.tasks) - len(todo)
-        where = f"{cfg.workers} worker(s)" if cfg.executor == "local" else f"executor {cfg.executor}"
+        where = f"{cfg.workers} worker(s)" if engine.runs_locally else f"executor {cfg.executor}"
         self.ui.print(f"flag-bench: {len(plan.tasks)} cells ({summary.skipped} already finished, {len(todo)} to run) "
                       f"on {device}, {where}; results in {cfg.results_dir}")
         with self.ui.session():
@@ -112,7 +115,7 @@ class Driver:
 
     def _encode(self, plan: Plan, todo: list[CellTask], device: str) -> float:
         """Every slide's embeddings once, before any cell: workers then only read the cache."""
-        from flag_bench.catalog import ENCODERS
+        from flag_bench import resolve
         from flag_bench.datasets.fold import prepare_embeddings
 
         wanted: dict[str, set[str]] = {}
@@ -123,19 +126,21 @@ class Driver:
         seconds = 0.0
         for key, slides in wanted.items():
             ds = plan.datasets[key]
-            encoder = ENCODERS.get(ENCODERS.check(self.cfg.encoder))()
+            encoder = resolve.encoder(self.cfg.encoder)
             order = [s for s in ds.slide_ids if s in slides]
             seconds += prepare_embeddings(ds, order, encoder, todo[0].patch, device=device, cache_dir=self.cache_dir,
                                           on_progress=self.ui.encoding(self.cfg.encoder))
         return seconds
 
     def _claimed(self, todo: list[CellTask], summary: RunSummary) -> Iterator[CellTask]:
+        from flag_bench.cluster import job_holder
+
         for task in todo:
             cid = task.cell.cell_id
             if not self.store.claim(cid):
                 summary.elsewhere += 1
                 holder = self.store.holder(cid) or {}
-                if not holder.get("slurm_job") and holder.get("host") and holder["host"] != _hostname():
+                if job_holder(holder) is None and holder.get("host") and holder["host"] != _hostname():
                     summary.elsewhere_hosts[holder["host"]] = summary.elsewhere_hosts.get(holder["host"], 0) + 1
                 self.ui.grid_advance()
                 continue
@@ -153,14 +158,6 @@ class Driver:
 
         executor = make_executor(self.cfg, self.ui.on_event, todo[0].device if todo else "cpu", self.store)
         summary.executor = executor.name
-        if executor.name == "slurm":
-            executor.parent_run_id = summary.parent_run_id
-
-            def submitted(sub) -> None:
-                summary.slurm_job, summary.detached = sub.job_id, self.cfg.detach
-                self.ui.print(f"submitted SLURM job array {sub.job_id} ({len(sub.tasks)} task(s)); logs in {sub.folder}")
-
-            executor.on_submitted = submitted
         by_id = {t.cell.cell_id: t for t in todo}
         self._left = dict(by_id)
         self._estimator = Estimator(self.store.records())
@@ -169,13 +166,18 @@ class Driver:
         heartbeat = self.store.heartbeat()  # keeps this run's claims live for runs on other hosts
         heartbeat.__enter__()
         try:
-            for rec in executor.map(self._claimed(todo, summary)):
+            submitted = executor.submit(self._claimed(todo, summary), summary.parent_run_id)
+            if submitted is not None:  # a scheduler took them as one job (which may outlive this run)
+                summary.job, summary.detached, summary.job_note = submitted.job_id, submitted.detached, submitted.note
+                if not submitted.detached:  # a detached run ends here: its summary says it
+                    self.ui.print(submitted.note)
+            for rec in executor.collect():
                 self._record(rec, by_id[rec.cell_id], tracker, summary)
                 if not rec.ok and self.cfg.fail_fast:
                     break
         except KeyboardInterrupt:
             summary.interrupted = True
-            for rec in executor.shutdown():  # finished in a worker, not collected yet: keep it
+            for rec in executor.cancel():  # finished in a worker, not collected yet: keep it
                 self._record(rec, by_id[rec.cell_id], tracker, summary)
         finally:
             heartbeat.__exit__(None, None, None)
@@ -188,10 +190,12 @@ class Driver:
         if rec.ok:
             summary.ok += 1
         else:
+            assert rec.error is not None  # a failed record carries its error
             summary.failed.append((task.description, rec.error.message))
             self.ui.print(f"[red]FAILED[/red] {task.description}: {rec.error.message} (traceback in {path})")
-        if rec.ok and rec.costs.get("total_seconds") is not None:
-            self._estimator.add(rec.cell, float(rec.costs["total_seconds"]), contended=bool(rec.costs.get("contended")))
+        seconds = rec.costs.get("total_seconds")
+        if rec.ok and seconds is not None:
+            self._estimator.add(rec.cell, float(seconds), contended=bool(rec.costs.get("contended")))
         self._left.pop(rec.cell_id, None)
         self._show_eta()
         if self.after_cell:
@@ -246,7 +250,7 @@ def persist(store: ResultsStore, tracker, rec: CellRecord, parent_run_id: str | 
 
 
 def same_computation(a: CellRecord, b: CellRecord) -> bool:
-    """Two copies of one computation (a SLURM task collected twice: only the scheduler's
+    """Two copies of one computation (a cluster task collected twice: only the scheduler's
     accounting may differ), not a recomputation (whose timings always differ)."""
     def key(r: CellRecord) -> dict:
         d = r.to_json()

@@ -24,10 +24,10 @@ def _finished(store: ResultsStore, tasks: list[CellTask]) -> set[str]:
 
 def _to_encode(cfg: RunConfig, plan: Plan, todo: list[CellTask], device: str) -> tuple[int, int]:
     """(slides, spots) whose embeddings the run would compute first."""
-    from flag_bench.catalog import ENCODERS
+    from flag_bench import resolve
     from flag_bench.datasets.embed_cache import SlideRef, is_cached
 
-    encoder = ENCODERS.get(ENCODERS.check(cfg.encoder))()
+    encoder = resolve.encoder(cfg.encoder)
     slides: set[tuple[str, str]] = set()
     for t in todo:
         if t.needs_embeddings:
@@ -43,10 +43,13 @@ def _to_encode(cfg: RunConfig, plan: Plan, todo: list[CellTask], device: str) ->
 
 
 def dry_run(cfg: RunConfig, print_line) -> Plan:
-    from flag_bench.methods.base import resolve_device
+    from flag_bench.executors import cell_device
 
-    device = resolve_device(cfg.device)
-    plan = plan_grid(cfg, device=device, provenance={}, results_dir=cfg.results_dir)
+    # the device the cells would run on: an engine that runs them elsewhere (a cluster's GPU nodes,
+    # seen from a CPU login node) is not checked against this machine, as the real run does not
+    device = cell_device(cfg)
+    # light: torch-free method stand-ins (a dry run fits nothing); the same cells and configs
+    plan = plan_grid(cfg, device=device, provenance={}, results_dir=cfg.results_dir, light=True)
     store = ResultsStore(cfg.results_dir)
     done = _finished(store, plan.tasks)
     todo = [t for t in plan.tasks if cfg.force or t.cell.cell_id not in done]

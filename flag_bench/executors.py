@@ -6,51 +6,64 @@
   shared 2-core machine made a ``flag`` fold 6-7x slower); with several CUDA devices each worker
   takes one. Workers ignore Ctrl-C (the driver decides) and die with the driver (kill -9 too).
 
-- ``slurm`` (flag_bench.cluster.slurm) and ``ray`` (flag_bench.cluster.ray): the same protocol;
-  tasks are picklable specs, the worker calls ``run_cell``, writes artifacts under the results
-  dir and returns the record.
+- the cluster engines (flag_bench.cluster, its ``ENGINES`` table): the same protocol; tasks are
+  picklable specs, the worker calls ``run_cell``, writes artifacts under the results dir and
+  returns the record.
 
-Every engine sizes torch/OpenMP/BLAS threads (and how they wait) through flag_bench.cluster.threads;
-before each cell a process that limited its threads sizes them to the load (cluster/load.py).
+Every engine implements one protocol, ``flag_bench.cluster.Executor`` (submit, poll, collect,
+cancel, shutdown); the driver uses nothing else. Every engine sizes torch/OpenMP/BLAS threads
+(and how they wait) through flag_bench.cluster.threads; before each cell a process that limited
+its threads sizes them to the load (cluster/load.py).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from flag_bench.cell import run_cell
+from flag_bench.cluster import EventSink, Executor, Submitted, engine
 from flag_bench.plan import CellTask
 from flag_bench.record import CellRecord
 
-EventSink = Callable[[str, dict], None]
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
+__all__ = ["EventSink", "Executor", "PoolExecutor", "SerialExecutor", "Submitted", "cell_device", "executor_class",
+           "local_executor", "make_executor", "remote_cuda"]
 
 
-class Executor(Protocol):
-    name: str
-
-    def map(self, tasks: Iterable[CellTask]) -> Iterator[CellRecord]:
-        """Run the tasks (consumed lazily) and yield each record as it finishes."""
-
-    def shutdown(self) -> list[CellRecord]:
-        """Stop now (Ctrl-C); return records that finished but were not yielded yet."""
-
-
-class SerialExecutor:
+class SerialExecutor(Executor):
     name = "serial"
 
     def __init__(self, on_event: EventSink | None = None):
         self.on_event = on_event
+        self._tasks: Iterable[CellTask] = ()
 
-    def map(self, tasks: Iterable[CellTask]) -> Iterator[CellRecord]:
+    @classmethod
+    def from_run(cls, cfg, *, on_event: EventSink | None, device: str, store) -> "SerialExecutor":
+        return cls(on_event)
+
+    def submit(self, tasks: Iterable[CellTask], parent_run_id: str | None = None) -> Submitted | None:
+        self._tasks = tasks  # computed in collect: nothing runs between calls
+        return None
+
+    def poll(self) -> list[CellRecord]:
+        return []
+
+    def collect(self) -> Iterator[CellRecord]:
         from flag_bench.cluster.threads import granted_cpus, limit_threads
 
+        tasks, self._tasks = self._tasks, ()
         limit_threads(granted_cpus())
         for task in tasks:
             yield run_cell(task, self.on_event)
 
-    def shutdown(self) -> list[CellRecord]:
+    def cancel(self) -> list[CellRecord]:
         return []
+
+    def shutdown(self) -> None:
+        self._tasks = ()
 
 
 # -- worker side ------------------------------------------------------------------------------
@@ -93,7 +106,7 @@ def _run_in_worker(task: CellTask) -> CellRecord:
 
 
 # -- driver side ------------------------------------------------------------------------------
-class PoolExecutor:
+class PoolExecutor(Executor):
     name = "pool"
 
     def __init__(self, workers: int, on_event: EventSink | None = None, devices: tuple[str, ...] = ()):
@@ -103,8 +116,13 @@ class PoolExecutor:
         from flag_bench.cluster.threads import granted_cpus
 
         self.threads = granted_cpus(workers)
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
         self._inflight: dict = {}
+        self._tasks: Iterator[CellTask] | None = None  # submitted, drawn as workers free up
+
+    @classmethod
+    def from_run(cls, cfg, *, on_event: EventSink | None, device: str, store) -> "PoolExecutor":
+        return cls(cfg.workers, on_event, _cuda_devices(device))
 
     def _start(self):
         import multiprocessing as mp
@@ -135,11 +153,27 @@ class PoolExecutor:
             if self.on_event:
                 self.on_event(kind, payload)
 
-    def map(self, tasks: Iterable[CellTask]) -> Iterator[CellRecord]:
+    def submit(self, tasks: Iterable[CellTask], parent_run_id: str | None = None) -> Submitted | None:
+        self._tasks = iter(tasks)  # the workers start with the first poll or collect
+        return None
+
+    def poll(self) -> list[CellRecord]:
+        if self._pool is None:
+            if self._tasks is None:
+                return []  # nothing submitted, or everything collected
+            self._start()
+        self._fill(self._tasks)
+        done = [f for f in self._inflight if f.done()]
+        out = [self._result(f, self._inflight.pop(f)) for f in done]
+        self._fill(self._tasks)
+        return out
+
+    def collect(self) -> Iterator[CellRecord]:
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        self._start()
-        it = iter(tasks)
+        if self._pool is None:
+            self._start()
+        it, self._tasks = (self._tasks if self._tasks is not None else iter(())), None
         try:
             self._fill(it)
             while self._inflight:
@@ -157,6 +191,7 @@ class PoolExecutor:
             task = next(it, None)
             if task is None:
                 return
+            assert self._pool is not None  # started before any task is drawn
             self._inflight[self._pool.submit(_run_in_worker, task)] = task
 
     @staticmethod
@@ -168,10 +203,14 @@ class PoolExecutor:
         except Exception as exc:  # the worker process died (OOM kill, segfault): record it
             return crashed_record(task, exc)
 
-    def shutdown(self) -> list[CellRecord]:
+    def cancel(self) -> list[CellRecord]:
         done = [self._result(f, t) for f, t in list(self._inflight.items()) if f.done() and not f.cancelled()]
         self._close(cancel=True)
+        self._tasks = None
         return done
+
+    def shutdown(self) -> None:
+        self.cancel()
 
     def _close(self, cancel: bool) -> None:
         if self._pool is None:
@@ -186,25 +225,45 @@ class PoolExecutor:
         self._drain.join(timeout=2)
 
 
+def executor_class(cfg) -> type[Executor]:
+    """The class of the executor ``cfg.executor`` names, not started: a cluster engine (its
+    optional extra not needed yet), else local: serial, or a pool for ``--workers`` > 1."""
+    cls = engine(cfg.executor)
+    if cls is not None:
+        return cls
+    return SerialExecutor if cfg.workers <= 1 else PoolExecutor
+
+
 def make_executor(cfg, on_event: EventSink | None, device: str, store=None) -> Executor:
     """The executor ``cfg.executor`` names (local: serial or a --workers pool)."""
-    if cfg.executor == "slurm":
-        from flag_bench.cluster.slurm import SlurmExecutor
+    return executor_class(cfg).from_run(cfg, on_event=on_event, device=device, store=store)
 
-        return SlurmExecutor(cfg, store)
-    if cfg.executor == "ray":
-        from flag_bench.cluster.ray import RayExecutor
 
-        return RayExecutor(cfg, on_event, device)
-    return local_executor(cfg.workers, on_event, device)
+def remote_cuda(cfg) -> bool:
+    """The cells run on CUDA devices of other machines (an engine that does not run them here was
+    asked for CUDA): this machine, a CPU login node perhaps, need not have one."""
+    return not executor_class(cfg).runs_locally and cfg.device.startswith("cuda")
+
+
+def cell_device(cfg) -> str:
+    """The device the cells run on: this machine's, checked here, unless they run elsewhere."""
+    if remote_cuda(cfg):
+        return cfg.device
+    from flag_bench.resolve import device  # "auto" without a GPU on this machine: no torch import
+
+    return device(cfg.device)
 
 
 def local_executor(workers: int, on_event: EventSink | None, device: str) -> Executor:
     if workers <= 1:
         return SerialExecutor(on_event)
-    devices: tuple[str, ...] = ()
-    if device == "cuda":
-        import torch
+    return PoolExecutor(workers, on_event, _cuda_devices(device))
 
-        devices = tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
-    return PoolExecutor(workers, on_event, devices)
+
+def _cuda_devices(device: str) -> tuple[str, ...]:
+    """One CUDA device per pool worker, round robin, when the cells run on "cuda"."""
+    if device != "cuda":
+        return ()
+    import torch
+
+    return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))

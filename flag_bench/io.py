@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` to produce the file, then rename it to ``path``.
 
     The temporary name keeps the final suffix (``.x.tmp-abc.h5ad``) because some writers

@@ -9,14 +9,22 @@ a fold index, a method whose needs the dataset cannot serve) fails here, before 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from flag_bench import PROTOCOL_VERSION
-from flag_bench.catalog import DATASETS, ENCODERS, METHODS, PANELS
+from flag_bench import resolve
+from flag_bench.catalog import METHODS
 from flag_bench.config import RunConfig, grid_spec
 from flag_bench.errors import UserError
 from flag_bench.grid import Cell
-from flag_bench.spec import DatasetSpec, PanelSpec
+from flag_bench.spec import DatasetSpec
+
+if TYPE_CHECKING:  # the seam's types, without importing datasets or methods (torch) at run time
+    from _typeshed import DataclassInstance
+
+    from flag_bench.datasets.base import PatchSpec, SpatialDataset
+    from flag_bench.datasets.fold import FoldSpec
+    from flag_bench.methods.base import Method
 
 
 @dataclass(frozen=True)
@@ -24,12 +32,12 @@ class CellTask:
     """Everything a worker needs to compute one cell (no data, no models)."""
 
     cell: Cell
-    method_cls: type
-    config: Any  # the method's frozen Config
+    method_cls: type[Method]
+    config: DataclassInstance  # the method's frozen Config
     overrides: Mapping[str, Any]
     dataset: DatasetSpec
-    fold: Any  # datasets.fold.FoldSpec
-    patch: Any  # datasets.base.PatchSpec
+    fold: FoldSpec
+    patch: PatchSpec
     encoder: str
     device: str
     protocol: Mapping[str, Any]
@@ -58,38 +66,12 @@ class CellTask:
 class Plan:
     tasks: list[CellTask]
     grid_spec: dict[str, Any]
-    datasets: dict[str, Any] = field(default_factory=dict)  # DatasetSpec.key -> SpatialDataset
+    datasets: dict[str, SpatialDataset] = field(default_factory=dict)  # DatasetSpec.key -> its dataset
 
 
-def _memo():
-    from flag_bench.datasets.memo import ByteMemo
-
-    # bounded in bytes (FLAG_BENCH_MEMO_BYTES), least recently used first; the dataset used last
-    # always stays, so a dataset larger than the bound is not reloaded for every cell
-    return ByteMemo("datasets", own_budget=True, keep_newest=True)
-
-
-_DATASET_MEMO = _memo()
-
-
-def load_dataset(spec: DatasetSpec):
-    """The dataset behind a spec, loaded once per process (cells of one dataset share it) while
-    the memo's byte bound allows."""
-    def load():
-        loader = DATASETS.get(DATASETS.check(spec.name))
-        try:
-            return loader(**spec.kwargs())
-        except TypeError as exc:
-            raise UserError(f"--datasets {spec.key}: {exc}") from None
-
-    return _DATASET_MEMO.get_or_compute(spec.key, load)
-
-
-def make_selector(spec: PanelSpec):
-    """The registered selector behind a panel spec (plugins included)."""
-    from flag_bench.datasets import panels
-
-    return panels.make_selector(spec, PANELS.get(PANELS.check(spec.kind)))
+# resolved in flag_bench/resolve.py; the names stay here for the callers and tests that use them
+_DATASET_MEMO = resolve._DATASET_MEMO
+load_dataset = resolve.dataset
 
 
 def default_methods() -> tuple[str, ...]:
@@ -98,14 +80,15 @@ def default_methods() -> tuple[str, ...]:
     return tuple(n for n in METHODS.names() if in_default_run(n))
 
 
-def resolve_methods(cfg: RunConfig) -> dict[str, tuple[type, Any]]:
-    """name -> (class, config) with presets and overrides checked (types included)."""
+def resolve_methods(cfg: RunConfig, light: bool = False) -> dict[str, tuple[type[Method], DataclassInstance]]:
+    """name -> (class, config) with presets and overrides checked (types included); ``light``:
+    torch-free planning stand-ins where a built-in has them (flag_bench/resolve.py)."""
     names = cfg.methods or default_methods()
     for m in (*names, *cfg.method_overrides):
         METHODS.check(m)
     out = {}
     for m in names:
-        cls = METHODS.get(m)
+        cls = resolve.method(m, light=light)
         config = cls.make_config(str(cfg.preset), cfg.method_overrides.get(m))
         cls.check_resources(config)
         out[m] = (cls, config)
@@ -242,17 +225,19 @@ def isolation_provenance(provenance: Mapping[str, Any], method_cls, isolate: boo
 
 
 def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], results_dir: str,
-              cache_dir: str | None = None) -> Plan:
-    """Validate and expand: datasets x G x methods x folds x seeds, one split per dataset."""
+              cache_dir: str | None = None, light: bool = False) -> Plan:
+    """Validate and expand: datasets x G x methods x folds x seeds, one split per dataset. ``light``
+    (a dry run): tasks carry torch-free method stand-ins, so nothing imports torch; the cells,
+    configs and errors are the same."""
     from pathlib import Path
 
     from flag_bench.datasets.base import PatchSpec
     from flag_bench.datasets.fold import FoldSpec
     from flag_bench.datasets.splits import carve_validation, make_split
 
-    encoder = ENCODERS.get(ENCODERS.check(cfg.encoder))()
-    methods = resolve_methods(cfg)
-    selector = make_selector(cfg.panel)  # a bad spec or panel file fails now
+    encoder = resolve.encoder(cfg.encoder)
+    methods = resolve_methods(cfg, light)
+    selector = resolve.panel_selector(cfg.panel)  # a bad spec or panel file fails now
     panel_params = tuple(sorted(selector.params.items()))
     patch = PatchSpec(cfg.patch_um, cfg.patch_px)
     enc_info = encoder_info(encoder, patch)  # a missing weights path fails here

@@ -14,11 +14,13 @@ from typing import Any, Literal, Mapping
 
 from flag_bench.errors import UserError
 from flag_bench.grid import Cell
+from flag_bench.roles import Role, recorded_role
 
 SCHEMA_VERSION = 1
 
-# identity columns of a results row, in order; scores and costs follow
-ROW_COLUMNS = ("dataset", "dataset_spec", "n_genes", "method", "preset", "config_hash", "config_label",
+# identity columns of a results row, in order; scores and costs follow. ``role``: the method card's
+# role (flag_bench/roles.py), what the leaderboard ranks or shows as a reference
+ROW_COLUMNS = ("dataset", "dataset_spec", "n_genes", "method", "role", "preset", "config_hash", "config_label",
                "fold", "seed", "panel_selector", "panel_id", "split", "target_transform", "encoder",
                "patch", "protocol_version", "cell_id", "protocol")
 INT_COLUMNS = frozenset({"n_genes", "seed", "n_parameters", "cores", "contended"})
@@ -49,6 +51,14 @@ class MethodInfo:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     card: Mapping[str, Any] = field(default_factory=dict)
     summary: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def role(self) -> Role:
+        """The card's role as recorded (a record written before the card had one reads as then)."""
+        try:
+            return recorded_role(self.card, self.name)
+        except ValueError as exc:  # a role a newer flag-bench knows
+            raise UserError(f"{exc}; use the flag-bench version that wrote this record") from None
 
     @property
     def label(self) -> str:
@@ -141,7 +151,7 @@ class CellRecord:
         c = self.cell
         row: dict[str, Any] = {
             "dataset": c.dataset, "dataset_spec": c.dataset_spec, "n_genes": int(c.n_genes),
-            "method": c.method, "preset": c.preset, "config_hash": c.config_hash,
+            "method": c.method, "role": self.method.role.value, "preset": c.preset, "config_hash": c.config_hash,
             "config_label": self.method.label, "fold": c.fold, "seed": int(c.seed),
             "panel_selector": c.panel.split(":")[0], "panel_id": self.panel.panel_id if self.panel else "",
             "split": c.split, "target_transform": c.target_transform, "encoder": c.encoder, "patch": c.patch,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import overload
 from urllib.parse import unquote
 
 MASK = "***"
@@ -42,7 +43,7 @@ def _parts(uri: str) -> tuple[str, str, str | None, str] | None:
     # at the first '@' after ``user:`` (a password may hold a raw '/', '?' or '#'): whichever is
     # later, so no part of a password is left showing
     ends = []
-    authority = re.match(r"[^/?#]*", rest).group(0)
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in authority:
         ends.append(authority.rfind("@"))
     sa = re.match(r"[^:/@?#]*:[^@]*@", rest)
@@ -67,6 +68,10 @@ def _redact_query(rest: str) -> str:
     return f"{path}?{'&'.join(pairs)}{hash_}{fragment}"
 
 
+@overload
+def redact_uri(uri: str) -> str: ...
+@overload
+def redact_uri(uri: None) -> None: ...
 def redact_uri(uri: str | None) -> str | None:
     """``uri`` with its password and secret query values replaced by ``***``; the user name,
     host, port and path stay (they say which server). Anything that is not a URI (a path) comes

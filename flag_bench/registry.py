@@ -121,7 +121,7 @@ class Registry(Generic[T]):
                 self._broken[name] = _one_line(exc)
                 raise UserError(self._broken_message(name)) from None
         self._resolved[name] = obj
-        return obj  # type: ignore[return-value]
+        return obj
 
     def broken(self, name: str) -> str | None:
         """Why plugin ``name`` cannot be imported, or None if it loads (this imports it)."""
@@ -133,7 +133,7 @@ class Registry(Generic[T]):
 
     def _broken_message(self, name: str) -> str:
         what = self.kind[:-1] if self.kind.endswith("s") else self.kind
-        return (f"{what} plugin '{name}' ({self._entries[name].value}) cannot be imported: {self._broken[name]}; "
+        return (f"{what} plugin '{name}' ({self._discover()[name].value}) cannot be imported: {self._broken[name]}; "
                 f"fix or uninstall the package that declares it (see `flag-bench list {self.kind}`)")
 
     def set_light(self, light: dict[str, str]) -> None:

@@ -46,7 +46,7 @@ def check_samples(method: str, samples: Any, test) -> list[np.ndarray]:
     """One finite (n_samples >= 1, n_spots, G) array per test slide, the same n_samples on every
     slide, as float32; CellFailure naming what is wrong."""
     _one_per_slide(method, "samples as ", samples, test)
-    out = []
+    out: list[np.ndarray] = []
     for x, s in zip(samples, test.slides):
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[0] < 1 or x.shape[1:] != (s.n_spots, test.n_genes):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from flag_bench.errors import UserError
 
@@ -22,7 +22,7 @@ class StrEnum(str, Enum):
         return self.value
 
     @classmethod
-    def parse(cls, value: Any, what: str) -> "StrEnum":
+    def parse(cls, value: Any, what: str) -> Self:
         try:
             return cls(str(value.value if isinstance(value, Enum) else value))
         except ValueError:
@@ -33,6 +33,10 @@ class Preset(StrEnum):
     TINY = "tiny"  # seconds on a CPU: tests only, scores are not meaningful
     SMALL = "small"  # minutes on a CPU: the default run
     PAPER = "paper"  # the published hyper-parameters, for a GPU
+
+
+# the preset names in their canonical order (tiny, small, paper): every method has all three
+PRESETS: tuple[str, ...] = tuple(p.value for p in Preset)
 
 
 class TargetTransform(StrEnum):

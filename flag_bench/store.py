@@ -8,9 +8,9 @@ Layout under the results dir:
                                          tracking URI (redacted: flag_bench.redact)
     artifacts/<cell_id>/...              per-gene metrics, predictions (h5ad), config, gene list
     claims/<cell_id>.claim               a run computing this cell right now (pid, host, time), or
-                                         the SLURM array task computing it (slurm_job): alive
-                                         while squeue lists that job (see "Claims" below)
-    slurm/                               submitit's job folder and one file per SLURM submission
+                                         the cluster job it was handed to (see "Claims" below)
+    <engine>/                            a cluster engine's job folders and submissions
+                                         (flag_bench/cluster/)
     plans/<time>-<pid>.json              the cells each invocation planned (so a report can name
                                          planned cells that never finished)
     .flag-bench.lock                     held while the store and the MLflow database are created
@@ -26,8 +26,9 @@ fails when the claim exists), so no reader ever sees a half-written claim; an un
 (written by an older flag-bench, or torn) counts as live for ``CLAIM_WRITING_S`` seconds after
 its mtime. Whether a claim is live:
 
-* a SLURM task's claim: while ``squeue`` lists the task. Where ``squeue`` cannot be run the state
-  is unknown: one warning, and the claim counts as live (its cells are not computed twice).
+* a cluster job's claim (``hand_over``): while the job's engine says the job is there
+  (``flag_bench.cluster.job_state``; the store names no engine). Where the engine cannot be asked
+  the state is unknown and the claim counts as live (its cells are not computed twice).
 * a process on this host: while the process exists (a claim of another boot is stale).
 * a process on another host (or container): while its claim file is refreshed. The run holding a
   claim touches it every ``CLAIM_HEARTBEAT_S`` seconds (``ResultsStore.refresh_claims``, called by
@@ -47,14 +48,13 @@ import errno
 import json
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
-from flag_bench.errors import UserError, one_line
+from flag_bench.errors import UserError
 from flag_bench.io import atomic_write_json, user_error_on_oserror
 from flag_bench.record import CellRecord
 
@@ -225,12 +225,13 @@ class ResultsStore:
             _take_over(path, text)
         return False
 
-    def hand_over(self, cell_id: str, slurm_job: str) -> None:
-        """This process's claim now belongs to a SLURM array task: it outlives this process and
-        stays live while squeue lists the job (a scancelled or finished job's claim is stale)."""
+    def hand_over(self, cell_id: str, job: Mapping[str, str]) -> None:
+        """This process's claim now belongs to a cluster job, named by ``job`` (the fields its
+        engine writes and later judges: ``flag_bench.cluster.job_state``): it outlives this process
+        and stays live while the engine says the job is there (a cancelled or ended job's is stale)."""
         path = self.claim_path(cell_id)
         _write_json(path, {"pid": None, "host": socket.gethostname(), "boot": _boot_id(), "time": time.time(),
-                           "slurm_job": slurm_job, "nonce": uuid.uuid4().hex})
+                           **job, "nonce": uuid.uuid4().hex})
         with self._mine_lock:
             self._mine.pop(cell_id, None)
 
@@ -270,7 +271,7 @@ class ResultsStore:
             thread.join(timeout=5)
 
     def holder(self, cell_id: str) -> dict | None:
-        """The claim on a cell if a live process or SLURM job holds it, else None."""
+        """The claim on a cell if a live process or cluster job holds it, else None."""
         holder = _read_claim(self.claim_path(cell_id))
         return holder if holder is not None and _alive(holder) else None
 
@@ -286,7 +287,7 @@ class ResultsStore:
         with self._mine_lock:
             nonce = self._mine.get(cell_id)
         mine = holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
-        if mine and nonce is not None and holder.get("nonce") not in (None, nonce):
+        if mine and nonce is not None and holder is not None and holder.get("nonce") not in (None, nonce):
             mine = False  # another claim of this process (a second store object): not this one's
         if holder is not None and (mine or force):
             with contextlib.suppress(FileNotFoundError):
@@ -429,9 +430,12 @@ def _boot_id() -> str:
 
 
 def _alive(holder: dict) -> bool:
-    """Whether the claiming process (or SLURM job) still runs (module docstring: "Claims")."""
-    if holder.get("slurm_job"):
-        return slurm_job_alive(str(holder["slurm_job"]))
+    """Whether the claiming process (or cluster job) still runs (module docstring: "Claims")."""
+    from flag_bench.cluster import job_state
+
+    state = job_state(holder)
+    if state is not None:  # a cluster job holds it: its engine judges
+        return state != "gone"
     mtime = holder.get("_mtime")
     age = time.time() - mtime if isinstance(mtime, (int, float)) else None
     pid = holder.get("pid")
@@ -458,59 +462,3 @@ def _not_zombie(pid: int) -> bool:
     except OSError:
         return True  # not Linux, or it just exited: os.kill said it exists
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-_SQUEUE: dict = {"at": -1e9, "jobs": {}}
-_UNKNOWN: dict = {"at": -1e9, "error": None, "warned": False}
-
-
-def slurm_jobs(max_age: float = 2.0) -> dict[str, str]:
-    """This user's SLURM jobs as {"<array job>_<task>" or "<job>": state}, one ``squeue`` call
-    cached for ``max_age`` seconds (a grid asks about hundreds of claims at once). A UserError
-    when squeue cannot be run or fails (cached as long)."""
-    import subprocess
-
-    now = time.monotonic()
-    if now - _SQUEUE["at"] <= max_age:
-        return _SQUEUE["jobs"]
-    if _UNKNOWN["error"] and now - _UNKNOWN["at"] <= max_age:
-        raise UserError(_UNKNOWN["error"])
-    try:
-        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
-                             timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _UNKNOWN.update(at=now, error=f"squeue cannot be run ({exc}); run flag-bench where the SLURM client "
-                                      "commands work")
-        raise UserError(_UNKNOWN["error"]) from None
-    if out.returncode != 0:
-        _UNKNOWN.update(at=now, error=f"squeue failed ({one_line(out.stderr)}); check that SLURM answers "
-                                      "(`squeue --me`)")
-        raise UserError(_UNKNOWN["error"])
-    jobs = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            jobs[parts[0]] = parts[1]
-    _SQUEUE.update(at=now, jobs=jobs)
-    _UNKNOWN.update(error=None)
-    return jobs
-
-
-def slurm_job_alive(job_id: str) -> bool:
-    """Whether squeue lists the job. Where squeue cannot answer, the job's state is unknown: one
-    warning on stderr, and the job counts as alive (its cells are never computed twice)."""
-    state = slurm_job_state(job_id)
-    return state is not None
-
-
-def slurm_job_state(job_id: str) -> str | None:
-    """SLURM's state of a job (PENDING, RUNNING, ...), None when squeue does not list it, or
-    ``"UNKNOWN"`` when squeue cannot be asked (warned once per process)."""
-    try:
-        return slurm_jobs().get(job_id)
-    except UserError as exc:
-        if not _UNKNOWN["warned"]:
-            _UNKNOWN["warned"] = True
-            print(f"warning: {exc}; cells claimed by SLURM jobs are treated as still running (state unknown)",
-                  file=sys.stderr)
-        return "UNKNOWN"

@@ -35,10 +35,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from flag_bench import PROTOCOL_VERSION
 from flag_bench.errors import UserError, one_line
-from flag_bench.methods.oracles import is_oracle
-from flag_bench.methods.roles import role_of
 from flag_bench.record import (COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS, SCHEMA_VERSION, CellRecord, code_version,
                                jsonable)
+from flag_bench.roles import Role
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 # MLflow's limits (mlflow.utils.validation): values are refused or cut beyond these
@@ -97,7 +96,7 @@ def open_client(uri: str):
         ) from None
 
 
-def _experiment_id(client, name: str, artifact_location: str) -> str:
+def _experiment_id(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -173,10 +172,11 @@ def decode_run(run, client) -> tuple[dict[str, Any], dict[str, dict[str, float]]
         raise UserError(f"MLflow run {run_id} (cell {tags.get(T_CELL)}) has record schema {tags.get(T_SCHEMA)!r}, "
                         f"this flag-bench reads {SCHEMA_VERSION}; report it with the flag-bench that logged it, "
                         "or use --source store")
-    if tags.get(T_SOURCE) != "params":
+    p, m = run.data.params, run.data.metrics
+    # a run logged before the role column: its record artifact holds the card the role is read from
+    if tags.get(T_SOURCE) != "params" or "role" not in p:
         rec = fetch_record(client, run_id)
         return rec.to_row(), {s: dict(d) for s, d in rec.scores_per_slide.items()}
-    p, m = run.data.params, run.data.metrics
     row: dict[str, Any] = {c: int(p[c]) if c in INT_COLUMNS else p[c] for c in ROW_COLUMNS if c != "cell_id"}
     row["cell_id"] = tags[T_CELL]
     names = json.loads(tags[T_NAMES])
@@ -333,11 +333,11 @@ class Tracker:
                 "mlflow.runName": f"{c.method} ({rec.method.label}) G={c.n_genes} {c.fold} s{c.seed}"}
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        if is_oracle(rec.method.card):  # computed from the truth: say so where the UI lists runs
+        role = rec.method.role  # as the record stores it
+        if role is Role.ORACLE:  # computed from the truth: say so where the UI lists runs
             tags["flag_bench.oracle"] = "true"
-        role = role_of(rec.method.card)
-        if role:  # a reference row (oracle or null control): never ranked as a method
-            tags["flag_bench.role"] = str(role)
+        if role.is_reference:  # a reference row (oracle or null control): never ranked as a method
+            tags["flag_bench.role"] = role.board_mark
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         enc = encode(rec)
         self._log(run_id, enc.metrics, enc.params, enc.tags, step=int(c.n_genes))
@@ -386,8 +386,8 @@ class Tracker:
         finished, unfinished = self.cell_runs()
         n = 0
         for rec in missing:
-            for run_id in unfinished.get(rec.cell_id, ()):
-                self.client.delete_run(run_id)
+            for stale in unfinished.get(rec.cell_id, ()):
+                self.client.delete_run(stale)
             runs = finished.get(rec.cell_id, [])
             run_id = next((r for r, key in runs if key == _identity(rec.finished, rec.costs.get("total_seconds"))),
                           None)
@@ -400,12 +400,12 @@ class Tracker:
             store.mark_logged(rec.cell_id, self.uri, run_id)
         return n
 
-    def cell_runs(self) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[str]]]:
+    def cell_runs(self) -> tuple[dict[str, list[tuple[str, tuple]]], dict[str, list[str]]]:
         """({cell_id: [(run id, _identity of its record) of each finished ok run not superseded]},
         {cell_id: [run ids never terminated]})."""
         from mlflow.entities import ViewType
 
-        finished: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        finished: dict[str, list[tuple[str, tuple]]] = defaultdict(list)
         unfinished: dict[str, list[str]] = defaultdict(list)
         runs = paged(lambda t: self.client.search_runs([self.experiment_id], f"tags.`{T_LEVEL}` = 'cell'",
                                                        run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,

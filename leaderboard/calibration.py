@@ -23,7 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
+from flag_bench.leaderboard.stats import method_roles
 from flag_bench.metrics.ceilings import ceiling_name
+from flag_bench.roles import Role
 
 # scores that get a calibrated column, when the frame has both the score and its ceiling
 CALIBRATED = ("pcc_mean", "gsc", "gsc_cpm", "ssc", "ssc_spot", "lee_l")
@@ -38,20 +40,10 @@ def null_name(score: str) -> str:
     return f"{score}_null"
 
 
-def image_free_nulls(methods: Sequence[str]) -> list[str]:
-    """The methods among ``methods`` that are null controls without access to the truth."""
-    from flag_bench.catalog import METHODS, method_card
-    from flag_bench.methods.roles import NULL_ROLE, role_of
-
-    out = []
-    for m in methods:
-        if m not in METHODS.names():
-            continue
-        card = method_card(m)
-        extra = dict(getattr(card, "extra", {}) or {})
-        if role_of(card) == NULL_ROLE and not extra.get("reads_truth"):
-            out.append(m)
-    return out
+def image_free_nulls(frame) -> list[str]:
+    """The methods of ``frame`` whose records say they are image-free null controls (role ``null``:
+    they see no test data; the truth-built nulls have role ``truth_null``)."""
+    return [m for m, role in sorted(method_roles(frame).items()) if role is Role.NULL]
 
 
 def calibrated_scores(frame) -> tuple[str, ...]:
@@ -67,7 +59,7 @@ def add_calibration(frame):
     scores = calibrated_scores(frame)
     if not scores or frame.empty:
         return out
-    nulls = image_free_nulls(sorted(set(frame["method"])))
+    nulls = image_free_nulls(frame)
     keys = [k for k in FOLD if k in frame.columns]
     sub = frame[frame["method"].isin(nulls)]
     for m in scores:

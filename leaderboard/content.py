@@ -4,8 +4,9 @@ the leaderboard model: protocol cards, coverage, statistics, scaled scores and t
 Spatial maps: by default, for each method configuration, its best-PCC cell at the dataset's
 largest G (``map_cells`` names cells by id or id prefix instead). For each mapped cell: the two
 genes with the highest and the two with the lowest per-gene PCC, plus every ``genes_to_plot``
-gene in its panel, on the first test slide. The H&E underlay is composed from the dataset's tiles
-when the record's dataset spec loads and has images; otherwise the caption says why it is absent.
+gene in its panel, on the first test slide. The H&E underlay comes from the ``thumbnail`` the
+caller hands in (the CLI: flag_bench/thumbnails.py, composed from the dataset's tiles when the
+record's dataset spec loads and has images); otherwise the caption says why it is absent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,7 +30,10 @@ CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "ssc_spot", "lee
 # so they are not scaled between mean and the positive controls; their calibrated columns are the scale
 NOT_CONTROL_SCALED = frozenset({"gsc", "gsc_cpm", "ssc", "ssc_spot", "lee_l", "moran_abs_err"})
 TOP_BOTTOM = 2  # genes shown from each end of a mapped cell's per-gene PCC ranking
-THUMB_PX = 384
+# (dataset spec, slide, spot coords um) -> (H&E image, extent (x0, x1, y1, y0) um, "") or (None, None,
+# why not): the caller's (the CLI passes flag_bench.thumbnails.thumbnail); the leaderboard loads no datasets
+Thumbnail = Callable[[str, str, np.ndarray], tuple[Any, Any, str]]
+NO_THUMBNAIL = "no slide images were handed to the report"
 CARD_KEYS = (("split", "split_description"), ("panel selector", "panel_selector"),
              ("panel fitted on", "panel_fitted_on"), ("target transform", "target_transform"),
              ("encoder", "encoder"), ("patch", "patch"), ("PCC aggregation", "pcc_aggregation"),
@@ -75,7 +79,8 @@ class Content:
 
 
 def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Sequence[str] = (),
-                  map_cells: Sequence[str] = ()) -> Content:
+                  map_cells: Sequence[str] = (), thumbnail: Thumbnail | None = None) -> Content:
+    """``thumbnail``: where the maps' H&E underlays come from (none: the captions say so)."""
     frame = res.frame()
     labels = config_labels(frame)
     direction = metric_direction()
@@ -87,11 +92,11 @@ def build_content(res, lb: Leaderboard, *, kind: str = "png", genes_to_plot: Seq
     # per dataset x G x metric over test folds (seeds averaged); oracles and null controls are
     # shown on every board, never ranked against methods
     c.tests = list(S.ranked_tests(frame, metrics, direction, labels))
-    roles = S.control_roles(sorted(set(frame["method"])))
+    roles = S.control_roles(frame)
     c.scaled = S.scaled_scores(frame, [m for m in metrics if m not in NOT_CONTROL_SCALED], direction, labels, roles)
     _curve_figures(c, frame, metrics, direction, colors, kind)
     _stat_figures(c, colors, kind)
-    _map_figures(c, res, frame, colors, kind, genes_to_plot, map_cells)
+    _map_figures(c, res, frame, colors, kind, genes_to_plot, map_cells, thumbnail)
     return c
 
 
@@ -146,7 +151,9 @@ def _bands(d, metric: str) -> dict:
             if v.size:
                 lo, hi = bootstrap_ci(v, level=0.95, seed=0) if v.size > 1 else (v[0], v[0])
                 lo, hi = (float(v.mean()), float(v.mean())) if not np.isfinite(lo) else (lo, hi)
-                gs.append(int(g)), low.append(lo), high.append(hi)
+                gs.append(int(g))
+                low.append(lo)
+                high.append(hi)
         if gs:
             out[what] = {"G": gs, "low": low, "high": high}
     return out
@@ -173,7 +180,10 @@ def _curve_figures(c: Content, frame, metrics, direction, colors, kind) -> None:
                     if not v.size:
                         continue
                     lo, hi = bootstrap_ci(v, level=0.95, seed=0)
-                    gs.append(int(g)), mean.append(float(v.mean())), low.append(lo), high.append(hi)
+                    gs.append(int(g))
+                    mean.append(float(v.mean()))
+                    low.append(lo)
+                    high.append(hi)
                 lines[c.labels[(method, ch)]] = {"G": gs, "mean": mean, "low": low, "high": high,
                                                  "points_G": sub["n_genes"].to_numpy(float),
                                                  "points": sub[m].to_numpy(float)}
@@ -231,7 +241,7 @@ def choose_cells(frame, map_cells: Sequence[str]) -> list[str]:
             out += hits
         return out
     out = []
-    for (ds, method, ch), d in frame.groupby(["dataset", "method", "config_hash"], sort=True):
+    for _key, d in frame.groupby(["dataset", "method", "config_hash"], sort=True):
         top = d[d["n_genes"] == d["n_genes"].max()]
         scores = top["pcc_mean"].to_numpy(float) if "pcc_mean" in top else np.zeros(len(top))
         if len(top):
@@ -239,7 +249,7 @@ def choose_cells(frame, map_cells: Sequence[str]) -> list[str]:
     return out
 
 
-def _map_figures(c: Content, res, frame, colors, kind, genes_to_plot, map_cells) -> None:
+def _map_figures(c: Content, res, frame, colors, kind, genes_to_plot, map_cells, thumbnail: Thumbnail | None) -> None:
     chosen = choose_cells(frame, map_cells)
     row_of = frame.set_index("cell_id")
     found_named: set[str] = set()
@@ -265,7 +275,8 @@ def _map_figures(c: Content, res, frame, colors, kind, genes_to_plot, map_cells)
         coords = np.asarray(adata.obsm["spatial"])[mask]
         notes = [f"PCC {pcc[g]:.2f}" + (" (named)" if g in genes_to_plot else "") if pcc is not None and g in pcc
                  else "" for g in genes]
-        underlay, extent, why = thumbnail(str(r["dataset_spec"]), slide, coords)
+        underlay, extent, why = (thumbnail(str(r["dataset_spec"]), slide, coords) if thumbnail is not None
+                                 else (None, None, NO_THUMBNAIL))
         ds = str(r["dataset"])
         title = f"{ds} G={int(r['n_genes'])} {label} {r['fold']} seed={int(r['seed'])}: slide {slide}"
         fig = F.spatial_maps(coords, truth, np.asarray(x), genes, notes, title, underlay, extent)
@@ -298,50 +309,6 @@ def _map_figures(c: Content, res, frame, colors, kind, genes_to_plot, map_cells)
         _add(c, fig, f"pcc-genes-{slug(ds)}", "maps", f"{ds}: distribution of per-gene PCC",
              f"Per-gene PCC of every gene x test slide of the G={gmax} cells, per configuration (violin and quartile box).",
              kind)
-
-
-def thumbnail(dataset_spec: str, slide: str, coords: np.ndarray) -> tuple[Any, Any, str]:
-    """(H&E image, extent (x0, x1, y1, y0) um, "") composed from the dataset's tiles, or
-    (None, None, why not)."""
-    from flag_bench.catalog import DATASETS
-    from flag_bench.spec import DatasetSpec
-
-    spec = DatasetSpec.parse(dataset_spec)
-    if spec.name not in DATASETS.names():
-        return None, None, f"dataset {spec.name} is not registered here"
-    ds = _load(spec)
-    if isinstance(ds, str):
-        return None, None, ds
-    if "tiles" not in ds.capabilities:
-        return None, None, f"dataset {spec.key} has no images"
-    if slide not in ds.slide_ids:
-        return None, None, f"slide {slide} is not in dataset {spec.key} as loaded now"
-    from flag_bench.datasets.base import PatchSpec
-    from flag_bench.datasets.embed_cache import SlideRef
-    from flag_bench.datasets.image import EncoderSource, SlideImage
-
-    s = ds.slide(slide)
-    img = SlideImage(SlideRef.of(ds, slide), s.tile_reader, s.coords_um, PatchSpec(), EncoderSource())
-    lo, hi = coords.min(axis=0), coords.max(axis=0)
-    size = float((hi - lo).max()) * 1.1 + 200.0
-    center = (lo + hi) / 2
-    region = img.region((float(center[0]), float(center[1])), size, THUMB_PX)
-    half = size / 2
-    return region, (center[0] - half, center[0] + half, center[1] + half, center[1] - half), ""
-
-
-_DS_MEMO: dict[str, Any] = {}
-
-
-def _load(spec):
-    from flag_bench.catalog import DATASETS
-
-    if spec.key not in _DS_MEMO:
-        try:
-            _DS_MEMO[spec.key] = DATASETS.get(spec.name)(**spec.kwargs())
-        except UserError as exc:  # a dataset whose file moved: the maps still draw, the caption says why
-            _DS_MEMO[spec.key] = f"dataset {spec.key} did not load ({exc})"
-    return _DS_MEMO[spec.key]
 
 
 def slug(text: str) -> str:

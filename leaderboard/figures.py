@@ -159,10 +159,10 @@ def cd_diagram(mean_ranks: Mapping[str, float], cd: float, title: str, colors: M
         ax.text(r, 0.3, str(r), ha="center", fontsize=8)
     ax.plot([1, 1 + cd], [1.1, 1.1], color="black", lw=2)
     ax.text(1 + cd / 2, 1.25, f"CD = {cd:.2f}", ha="center", fontsize=8)
-    for i, (label, r) in enumerate(items):
+    for i, (label, rank) in enumerate(items):
         y = -(i + 1) * 0.9
-        ax.plot([r, r], [0, y], color=colors.get(label, "black"), lw=1)
-        ax.text(r, y - 0.25, f"{label} ({r:.2f})", ha="center", va="top", fontsize=8, color=colors.get(label, "black"))
+        ax.plot([rank, rank], [0, y], color=colors.get(label, "black"), lw=1)
+        ax.text(rank, y - 0.25, f"{label} ({rank:.2f})", ha="center", va="top", fontsize=8, color=colors.get(label, "black"))
     # groups not told apart: maximal runs of rank-adjacent configurations within one CD
     cliques = _cliques([r for _, r in items], cd)
     ranks = [r for _, r in items]

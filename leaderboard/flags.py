@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from flag_bench.leaderboard.stats import reference_roles
+
 
 def dataset_flags(res, g) -> tuple[str, ...]:
     """``g``: the results frame of one dataset; ``res``: its ``Results`` (panel statistics live in
@@ -38,9 +40,7 @@ def dataset_flags(res, g) -> tuple[str, ...]:
         flags.append(f"cells of {len(transforms)} target transforms ({', '.join(transforms)}) on one board, pooled "
                      "in a row where a configuration ran both: MSE and MAE are in different units across them "
                      "(their headers say mixed); compare rows of one transform")
-    from flag_bench.leaderboard.stats import reference_roles
-
-    roles = reference_roles(sorted(set(g["method"])))
+    roles = reference_roles(g)
     oracles = [m for m, role in roles.items() if role == "oracle"]
     if oracles:
         flags.append(f"oracle rows ({', '.join(oracles)}) are computed from the test truth: references that "

@@ -339,7 +339,7 @@ def _transforms(g) -> tuple[str, ...]:
 
 
 def _rows(frame, cols: tuple[str, ...], labels, metric: str, higher: bool) -> tuple[Row, ...]:
-    roles = reference_roles(sorted(set(frame["method"])))
+    roles = reference_roles(frame)
     rows = [_row(g, cols, labels[(key[1], key[2])], key, roles)
             for key, g in frame.groupby(["n_genes", "method", "config_hash"], sort=True)]
 

@@ -10,6 +10,7 @@ report prints that apart (on stderr).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +115,6 @@ CONFIG_PLACEHOLDER = "CONFIG.toml"
 
 
 def _defaults() -> dict[str, Any]:
-    import dataclasses
-
     from flag_bench.config import RunConfig, plain_value
 
     return {f.name: plain_value(f.default) for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from flag_bench.errors import UserError
-from flag_bench.record import CellRecord
+from flag_bench.errors import UserError, one_line
+from flag_bench.record import CellRecord, code_version
 from flag_bench.spec import ResultSource
 
 
@@ -57,8 +57,6 @@ class Loaded:
 
 # -- the results store --------------------------------------------------------------------------
 def from_store(results_dir: Path, suite: str | None) -> Loaded:
-    from flag_bench.errors import one_line
-    from flag_bench.record import code_version
     from flag_bench.store import ResultsStore
 
     store = ResultsStore(results_dir)
@@ -73,7 +71,7 @@ def from_store(results_dir: Path, suite: str | None) -> Loaded:
             if rec.cell_id not in latest or rec.finished >= latest[rec.cell_id][0].finished:
                 latest[rec.cell_id] = (rec, path)
     failures = [Failure(rec.to_row(), rec.error.stage, one_line(rec.error.message), str(path), rec.finished)
-                for rec, path in latest.values()]
+                for rec, path in latest.values() if rec.error is not None]  # a failure carries its error
 
     def fetch(cell_id: str, name: str) -> Path:
         return store.artifact_dir(cell_id) / name
@@ -133,11 +131,11 @@ def _cell_runs(client, suite: str | None, planned: frozenset[str] = frozenset())
             if _suite_of(e.name) is not None}
     if not exps:
         return []
-    runs = paged(lambda t: client.search_runs(list(exps), filter_string="tags.`flag_bench.level` = 'cell'",
-                                               max_results=5000, page_token=t))
+    pages = paged(lambda t: client.search_runs(list(exps), filter_string="tags.`flag_bench.level` = 'cell'",
+                                                max_results=5000, page_token=t))
     # a run still RUNNING was cut short while being logged; the store re-logs that cell. A superseded
     # run logged a record that a --force rerun replaced
-    runs = [r for r in runs if r.info.status in ("FINISHED", "FAILED") and T_SUPERSEDED not in r.data.tags]
+    runs = [r for r in pages if r.info.status in ("FINISHED", "FAILED") and T_SUPERSEDED not in r.data.tags]
     if suite is None:
         return runs
     return [r for r in runs if in_suite(suite, planned, r.data.tags.get(T_CELL, ""),

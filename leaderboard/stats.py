@@ -45,9 +45,11 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from flag_bench.roles import CONTROL_ROLES, Role, parse_role
 
 MIN_PAIRS = 6
 ALPHA = 0.05
@@ -62,6 +64,7 @@ CI_NOTE = ("95% CI of the mean paired difference: Student t over the units, mean
            "percentile bootstrap of 5 units has too few distinct resamples to be trusted)")
 MDE_NOTE = ("minimum detectable effect: the difference a paired t-test finds with 80% power at alpha 0.05 "
             "two-sided, (t(0.975, n-1) + t(0.80, n-1))·sd/√n with sd the observed sd of the differences")
+# the built-in controls, named where a board lacks them (which method is one: the role its records store)
 NEGATIVE_CONTROL = "mean"
 POSITIVE_CONTROLS = ("ridge", "ridge-smooth", "knn")
 
@@ -341,7 +344,7 @@ def pairwise(table, higher_is_better: bool) -> tuple[PairTest, ...]:
     from flag_bench.metrics.stats import paired_wilcoxon
 
     labels = list(table.columns)
-    raw = []
+    raw: list[dict[str, Any]] = []
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
             x, y = table[a].to_numpy(float), table[b].to_numpy(float)
@@ -453,7 +456,7 @@ def ranked_tests(frame, metrics: Sequence[str], direction: Mapping[str, bool | N
                  label_of) -> tuple[MetricTests, ...]:
     """``board_tests`` over the methods only: oracles and null controls are on every board but
     never ranked against methods."""
-    ranked = frame[~frame["method"].isin(reference_methods(sorted(set(frame["method"]))))]
+    ranked = frame[~frame["method"].isin(reference_methods(frame))]
     return board_tests(ranked, metrics, direction, label_of)
 
 
@@ -488,52 +491,44 @@ class ScaledCell:
     scores: Mapping[str, float]  # configuration label -> scaled mean
 
 
-def reference_roles(methods: Sequence[str]) -> dict[str, str]:
-    """method -> "oracle" | "null" for the reference rows among ``methods`` (methods/roles.py;
-    registered cards only): every board shows them, no rank test counts them as methods."""
-    from flag_bench.catalog import METHODS, method_card
-    from flag_bench.methods.roles import is_reference, role_of
-
-    out = {}
-    for m in methods:
-        if m in METHODS.names():
-            card = method_card(m)
-            if is_reference(card):
-                out[m] = str(role_of(card))
+def method_roles(frame) -> dict[str, Role]:
+    """method -> its role as the records of ``frame`` store it (the ``role`` column of
+    ``CellRecord.to_row``; a frame without one: every method a method). Where records of one
+    method disagree (a card changed between runs), the role furthest from a ranked method wins:
+    a row any of its records calls a reference is never ranked."""
+    if frame.empty or "role" not in frame.columns:
+        return {str(m): Role.METHOD for m in set(frame["method"])} if "method" in frame.columns else {}
+    out: dict[str, Role] = {}
+    for m, r in frame[["method", "role"]].drop_duplicates().itertuples(index=False):
+        role = parse_role(r or Role.METHOD.value, f"results row of method '{m}'")
+        if str(m) not in out or _PRECEDENCE.index(role) < _PRECEDENCE.index(out[str(m)]):
+            out[str(m)] = role
     return out
 
 
-def oracle_methods(methods: Sequence[str]) -> list[str]:
-    """The oracles among ``methods`` (methods/oracles.py: computed from the test truth)."""
-    from flag_bench.methods.roles import ORACLE_ROLE
-
-    return [m for m, role in reference_roles(methods).items() if role == ORACLE_ROLE]
+_PRECEDENCE = (Role.ORACLE, Role.TRUTH_NULL, Role.NULL, Role.NEGATIVE_CONTROL, Role.POSITIVE_CONTROL, Role.METHOD)
 
 
-def reference_methods(methods: Sequence[str]) -> list[str]:
-    """The reference rows among ``methods``: oracles and null controls."""
-    return list(reference_roles(methods))
+def reference_roles(frame) -> dict[str, str]:
+    """method -> "oracle" | "null" for the reference rows of ``frame`` (roles read from its records):
+    every board shows them, no rank test counts them as methods."""
+    return {m: role.board_mark for m, role in sorted(method_roles(frame).items()) if role.is_reference}
 
 
-def control_roles(methods: Sequence[str]) -> dict[str, str]:
-    """method -> 'negative' | 'positive' for the controls among ``methods``.
+def oracle_methods(frame) -> list[str]:
+    """The oracles among the methods of ``frame`` (computed from the test truth)."""
+    return [m for m, role in sorted(method_roles(frame).items()) if role is Role.ORACLE]
 
-    A card may say so in ``extra['role']`` (``negative_control`` / ``positive_control``);
-    otherwise the built-in controls keep their documented roles (methods/controls.py).
-    """
-    from flag_bench.catalog import METHODS, method_card
 
-    roles = {}
-    for m in methods:
-        role = None
-        if m in METHODS.names():
-            extra = dict(getattr(method_card(m), "extra", {}) or {})
-            role = {"negative_control": "negative", "positive_control": "positive"}.get(extra.get("role"))
-        if role is None:
-            role = "negative" if m == NEGATIVE_CONTROL else "positive" if m in POSITIVE_CONTROLS else None
-        if role:
-            roles[m] = role
-    return roles
+def reference_methods(frame) -> list[str]:
+    """The reference rows among the methods of ``frame``: oracles and null controls."""
+    return list(reference_roles(frame))
+
+
+def control_roles(frame) -> dict[str, str]:
+    """method -> 'negative' | 'positive' for the controls among the methods of ``frame``, from
+    the role its records store (``negative_control`` / ``positive_control``)."""
+    return {m: CONTROL_ROLES[role] for m, role in sorted(method_roles(frame).items()) if role in CONTROL_ROLES}
 
 
 def scaled_scores(frame, metrics: Sequence[str], direction: Mapping[str, bool | None], label_of,

@@ -28,7 +28,8 @@ KEY = ("G", "method", "n")
 
 
 def arrow(lb: Leaderboard, column: str) -> str:
-    return {True: "↑", False: "↓"}.get(lb.higher_is_better.get(column), "")
+    arrows: dict[bool | None, str] = {True: "↑", False: "↓"}
+    return arrows.get(lb.higher_is_better.get(column), "")
 
 
 def common_label(board: DatasetBoard) -> str:

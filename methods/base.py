@@ -22,8 +22,8 @@ import numpy as np
 from flag_bench.errors import UserError
 from flag_bench.hashing import short_hash
 from flag_bench.methods.config_types import Mismatch, conform, describe_value, field_types, type_name
-
-PRESETS = ("tiny", "small", "paper")
+from flag_bench.roles import Role, parse_role
+from flag_bench.spec import PRESETS  # defined once, by spec.Preset
 
 # What a method may ask the harness for. "region": an image region around a spot, larger than
 # its patch (neighbourhood context, TRIPLEX-style).
@@ -98,8 +98,15 @@ class MethodCard:
     pretrained: tuple[PretrainedWeights, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)  # JSON-able values
     tuned_on: tuple[Tuning, ...] = ()  # what each preset was chosen on, one entry per preset
+    # what the method is on a board (flag_bench/roles.py); recorded with every result. Declaring
+    # oracle or truth_null gets a plugin no test truth: the registry grants that to built-ins only
+    role: Role = Role.METHOD
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "role", parse_role(self.role, f"method card '{self.name}'"))
+        if isinstance(self.extra, Mapping) and "role" in self.extra:
+            raise ValueError(f"method card '{self.name}': declare the role in the card's role field "
+                             f"(role={self.extra['role']!r}), not in extra['role']")
         if isinstance(self.needs, str):
             raise ValueError(f"method card '{self.name}': needs must be a set of names, got the string "
                              f"{self.needs!r}")
@@ -133,6 +140,7 @@ class MethodCard:
             "name": self.name, "description": self.description, "citation": self.citation,
             "code_url": self.code_url, "needs": sorted(self.needs), "generative": self.generative,
             "licence": self.licence, "uses_validation": self.uses_validation, "default_run": self.default_run,
+            "role": self.role.value,
             "pretrained": [dataclasses.asdict(p) for p in self.pretrained], "extra": dict(self.extra),
             "tuned_on": [{**dataclasses.asdict(t), "test_slides": list(t.test_slides)} for t in self.tuned_on],
         }
@@ -147,12 +155,12 @@ Self = TypeVar("Self", bound="Method")
 class Method(abc.ABC):
     card: ClassVar[MethodCard]
     Config: ClassVar[type]
-    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"tiny": {}, "small": {}, "paper": {}}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {p: {} for p in PRESETS}
 
     def __init__(self, config: Any, *, seed: int, device: str = "cpu"):
         if not isinstance(config, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(config).__name__}")
-        self.config = config
+        self.config: Any = config  # a self.Config; Any, not the `object` the isinstance check narrows to
         self.seed = int(seed)
         self.device = device
         self.progress_hook: ProgressHook | None = None
@@ -206,7 +214,7 @@ class Method(abc.ABC):
         None (the default): the method has no separate draws."""
         return None
 
-    @classmethod
+    @classmethod  # noqa: B027  (an optional hook, a no-op unless a method names files)
     def check_resources(cls, config: Any) -> None:
         """Raise a one-line UserError when ``config`` names files (weights, tables) that are not
         there. Called when the grid is planned, so a missing file refuses the run before any cell."""

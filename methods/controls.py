@@ -18,6 +18,7 @@ import numpy as np
 
 from flag_bench.methods.base import Method, MethodCard, Tuning, same_tuning
 from flag_bench.methods.common.inputs import EmbeddingNormalizer, slide_groups, stack_embeddings, stack_targets
+from flag_bench.roles import Role
 
 
 def _stack(train):
@@ -38,6 +39,7 @@ class MeanConfig:
 class MeanControl(Method):
     card = MethodCard(
         name="mean",
+        role=Role.NEGATIVE_CONTROL,
         description="negative control: predicts the training-mean expression for every spot",
         needs=frozenset(),
         tuned_on=same_tuning("no hyper-parameters: the training mean", "none"),
@@ -80,6 +82,7 @@ def _ridge_path(x: np.ndarray, y: np.ndarray, alphas) -> list[tuple[np.ndarray, 
 class RidgeControl(Method):
     card = MethodCard(
         name="ridge",
+        role=Role.POSITIVE_CONTROL,
         description="ridge on standardised encoder embeddings (HEST-Benchmark probe), alpha by slide-wise CV",
         citation="Jaume et al., HEST-1k, NeurIPS 2024 Datasets & Benchmarks",
         code_url="https://github.com/mahmoodlab/HEST",
@@ -131,6 +134,7 @@ class KNNConfig:
 class KNNControl(Method):
     card = MethodCard(
         name="knn",
+        role=Role.POSITIVE_CONTROL,
         description="mean expression of the k nearest training spots in standardised embedding space",
         tuned_on=(Tuning("paper", "no published configuration: the same k = 10 as small", "not recorded"),
                   Tuning("small", "not recorded (k = 10 since the first commit, dd021d2); 256 PCA components as "
@@ -205,6 +209,7 @@ class RidgeSmoothControl(RidgeControl):
 
     card = MethodCard(
         name="ridge-smooth",
+        role=Role.POSITIVE_CONTROL,
         description="ridge probe, then each spot's prediction blended with the mean prediction of its k nearest "
                     "spots on the same slide (blend and k fixed or chosen on training slides)",
         citation="Jaume et al., HEST-1k, NeurIPS 2024; smoothing after Codex-STFlow repro/PRIOR_GUIDED_STFLOW.md",
@@ -255,8 +260,8 @@ class RidgeSmoothControl(RidgeControl):
                 for j, k in enumerate(ks):
                     sm = spatial_smooth(raw, s.coords_um, k, bl, self.config.distance_quantile)
                     err[i, j] += np.sum((sm - y[te]) ** 2)
-        i, j = np.unravel_index(int(np.argmin(err)), err.shape)
-        return float(blends[i]), int(ks[j])
+        bi, bj = np.unravel_index(int(np.argmin(err)), err.shape)
+        return float(blends[bi]), int(ks[bj])
 
     def predict(self, test):
         return [spatial_smooth(p, s.coords_um, self.k_, self.blend_, self.config.distance_quantile).astype(np.float32)

@@ -1,7 +1,7 @@
 """Image-free null controls: ordinary methods (they see TrainData and the test coordinates, never
 test expression) that know nothing about what the test tissue looks like. Their scores are what a
 metric gives for no image information, so a method's GSC or SSC means something only as its
-excess over theirs (metric-validity.md §4). Role ``null`` (methods/roles.py): shown on the
+excess over theirs (metric-validity.md §4). Role ``null`` (flag_bench/roles.py): shown on the
 leaderboard beside ``mean``, never ranked as methods.
 
 - ``random-spot``: each test spot gets the target profile of a training spot drawn uniformly, with
@@ -25,19 +25,20 @@ field is standardised and scaled by the gene's mean within-slide sd on the train
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from flag_bench.methods.base import Method, MethodCard, same_tuning
+from flag_bench.methods.base import PRESETS, Method, MethodCard, same_tuning
 from flag_bench.methods.common.inputs import stack_targets
-from flag_bench.methods.roles import NULL_ROLE
+from flag_bench.roles import Role
 
-_PRESETS = {"tiny": {}, "small": {}, "paper": {}}
+_PRESETS: dict[str, dict[str, Any]] = {p: {} for p in PRESETS}
 
 
 def _card(name: str, description: str, needs: frozenset[str], note: str, tuned_on=()) -> MethodCard:
-    return MethodCard(name=name, description=description, needs=needs, default_run=True,
-                      extra={"role": NULL_ROLE, "reads_truth": False, "note": note}, tuned_on=tuned_on)
+    return MethodCard(name=name, description=description, needs=needs, default_run=True, role=Role.NULL,
+                      extra={"note": note}, tuned_on=tuned_on)
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,13 @@ def moran_matched_field(z0: np.ndarray, coords: np.ndarray, target: np.ndarray, 
     w = np.linspace(0.0, 1.0, mix_steps + 1)[:, None]  # (S, 1)
     a, b, c = (1.0 - w) ** 2, 2.0 * (1.0 - w) * w, w**2
     dot = lambda p, q: np.einsum("ij,ij->j", p, q)  # noqa: E731  (per-gene inner products)
-    cand = []  # per level pair, (S, G): I of (1 - w) z_l + w z_{l+1} from the pair's quadratic forms
+    per_pair = []  # per level pair, (S, G): I of (1 - w) z_l + w z_{l+1} from the pair's quadratic forms
     for lo in range(levels):
         u, v, wu, wv = zs[lo], zs[lo + 1], wz[lo], wz[lo + 1]
         num = a * dot(u, wu) + b * 0.5 * (dot(u, wv) + dot(v, wu)) + c * dot(v, wv)
         den = a * dot(u, u) + b * dot(u, v) + c * dot(v, v)
-        cand.append(scale * num / np.where(den > 0, den, np.inf))
-    cand = np.concatenate(cand)  # (levels * S, G)
+        per_pair.append(scale * num / np.where(den > 0, den, np.inf))
+    cand = np.concatenate(per_pair)  # (levels * S, G)
     t = np.where(np.isfinite(target), target, cand[0])
     pair, step = np.divmod(np.argmin(np.abs(cand - t[None, :]), axis=0), len(w))
     wt = w[step, 0]

@@ -16,7 +16,7 @@ answer), never enter a default run, and every leaderboard marks their rows.
 - ``oracle-slide-mean``: each gene's mean on the test slide, for every spot. Its MSE is the
   within-slide part of the ``mean`` control's; the rest is the slide's offset from training.
 
-Nulls that read the truth (role ``null``, methods/roles.py): what a metric gives a prediction
+Nulls that read the truth (role ``truth_null``, flag_bench/roles.py): what a metric gives a prediction
 that is right about everything except where the expression is.
 
 - ``null-shuffle``: the truth with its spots permuted on the slide. GSC is exactly 1 (it is
@@ -41,7 +41,8 @@ import numpy as np
 
 from flag_bench.errors import CellFailure
 from flag_bench.methods.base import Method, MethodCard, same_tuning
-from flag_bench.methods.roles import NULL_ROLE, ORACLE_ROLE, is_oracle  # noqa: F401  (re-exported)
+from flag_bench.methods.roles import is_oracle  # noqa: F401  (re-exported)
+from flag_bench.roles import TRUTH_ROLES, Role
 
 
 def receives_truth(cls) -> bool:
@@ -55,13 +56,14 @@ def receives_truth(cls) -> bool:
 
 
 def claims_truth(cls) -> bool:
-    """Whether ``cls`` looks like a truth reader (an ``Oracle`` subclass, or a card declaring the
-    oracle role or ``reads_truth``) without the registry's grant: the harness will not hand it
-    the truth (``flag-bench check`` says so)."""
+    """Whether ``cls`` looks like a truth reader (an ``Oracle`` subclass, a card declaring the
+    oracle or truth_null role, or ``extra['reads_truth']``) without the registry's grant: the
+    harness will not hand it the truth (``flag-bench check`` says so)."""
     if not isinstance(cls, type) or receives_truth(cls):
         return False
-    extra = getattr(getattr(cls, "card", None), "extra", None) or {}
-    return issubclass(cls, Oracle) or is_oracle(cls) or bool(extra.get("reads_truth"))
+    card = getattr(cls, "card", None)
+    extra = getattr(card, "extra", None) or {}
+    return issubclass(cls, Oracle) or getattr(card, "role", None) in TRUTH_ROLES or bool(extra.get("reads_truth"))
 
 
 # oracles and truth-reading nulls: constants set by their definition, never compared on scores
@@ -71,15 +73,14 @@ UNTUNED = same_tuning("no hyper-parameters tuned: constants set by the definitio
 
 
 def _card(name: str, description: str, needs: frozenset[str]) -> MethodCard:
-    return MethodCard(name=name, description=description, needs=needs, default_run=False,
-                      extra={"role": ORACLE_ROLE,
-                             "note": "computed from the test truth: a reference for the metrics, not a method"},
+    return MethodCard(name=name, description=description, needs=needs, default_run=False, role=Role.ORACLE,
+                      extra={"note": "computed from the test truth: a reference for the metrics, not a method"},
                       tuned_on=UNTUNED)
 
 
 def _null_card(name: str, description: str, needs: frozenset[str], note: str) -> MethodCard:
-    return MethodCard(name=name, description=description, needs=needs, default_run=False,
-                      extra={"role": NULL_ROLE, "reads_truth": True, "note": note}, tuned_on=UNTUNED)
+    return MethodCard(name=name, description=description, needs=needs, default_run=False, role=Role.TRUTH_NULL,
+                      extra={"note": note}, tuned_on=UNTUNED)
 
 
 class Oracle(Method):

@@ -49,7 +49,7 @@ class MoranResult:
     var_sim uses ddof = 0 and p_z_sim is one-tailed, as in esda.
     """
 
-    I: np.ndarray
+    I: np.ndarray  # noqa: E741  (Moran's I: the statistic's name, and esda's attribute)
     expected: float
     var_norm: float
     var_rand: np.ndarray
@@ -161,7 +161,7 @@ def morans_i(
     scale = n / weights.s0 if weights.s0 > 0 else np.nan
     num, ss, sum4 = np.empty(g), np.empty(g), np.empty(g)
     constant = np.empty(g, dtype=bool)
-    sim = np.full((p, g), np.nan) if p else None
+    sim = np.full((p, g), np.nan)  # (0, G) without permutations
     plan = _PermutationPlan(explicit, p, seed, batch_size, null)
     for blk in _gene_blocks(n, g):
         z, ss[blk], constant[blk] = _centre(xx[:, blk])
@@ -249,6 +249,7 @@ def _permutation_block(
             lagp = (w @ block).reshape(n, b, gb).transpose(1, 0, 2)
             nums = np.einsum("bij,bij->bj", zp, lagp)
         else:
+            assert lag_o is not None  # null == "rows"
             nums = np.einsum("bij,ij->bj", zp, lag_o)
         out[start : start + idx.shape[0], cols] = scale * nums / ss[ok]
     return out
@@ -288,7 +289,7 @@ def _permutation_spec(permutations: int | np.ndarray, n: int) -> tuple[np.ndarra
 
 def _permutation_batches(explicit: np.ndarray | None, p: int, n: int, seed: int, batch: int):
     """Yield (start, (B, N) indices); generated draws are replayed identically on every call."""
-    rng = np.random.default_rng(seed) if explicit is None else None
+    rng = np.random.default_rng(seed)  # unused (and cheap) when the draws are explicit
     for start in range(0, p, batch):
         stop = min(start + batch, p)
         if explicit is not None:

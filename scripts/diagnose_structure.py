@@ -104,8 +104,8 @@ class Tables:
         f["label"] = [labels[(m, h)] for m, h in zip(f["method"], f["config_hash"])]
         f["default_config"] = f["config_label"].isin(["small"])
         self.f = f
-        self.roles = S.reference_roles(sorted(set(f["method"])))
-        self.oracles = set(S.oracle_methods(sorted(set(f["method"]))))
+        self.roles = S.reference_roles(f)
+        self.oracles = set(S.oracle_methods(f))
         self.reference = set(self.roles)
         self.labels = labels
 

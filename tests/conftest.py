@@ -12,6 +12,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FLAG_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "embed-cache"))
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium's path for the browser tests; where it is missing they skip, or fail under
+    CI=true (tests/services.py: missing_engine). Session-scoped so it is checked before any costly
+    module fixture the test also needs."""
+    from services import chromium_path, missing_engine, note_engine
+
+    path = chromium_path()
+    if path is None:
+        missing_engine("chromium", "headless Chromium not installed (apt-get install chromium)")
+    note_engine("chromium", f"ran ({path})")
+    return path
+
+
 def make_views(n_train_slides=3, n_test_slides=1, n_spots=48, n_genes=12, emb_dim=16, seed=0):
     """Smooth spatial expression driven by a hidden state that the embeddings also see.
 

@@ -5,7 +5,9 @@
 - ``mlflow_server``: a PostgreSQL cluster (``initdb`` as the ``postgres`` user) and an
   ``mlflow server`` on loopback ports, restartable mid-test.
 
-A daemon that cannot start skips the test with its log's tail (never a pass). Which engines ran
+A daemon that cannot start skips the test with its log's tail (never a pass); under CI (``CI=true``)
+it fails the test instead (``missing_engine``: a broken install step must not leave CI green; Ray
+and Chromium go through it too). Which engines ran
 is printed in pytest's terminal summary and appended to ``$FLAG_BENCH_ENGINES_FILE`` when that is
 set, so ``.ci/run`` can show it.
 """
@@ -22,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -80,9 +83,39 @@ def _stop(proc: subprocess.Popen | None, timeout: float = 10) -> None:
         proc.wait(timeout)
 
 
-def _skip(engine: str, why: str) -> None:
-    note_engine(engine, f"SKIPPED ({why.splitlines()[0][:200] if why else ''})")
+def in_ci() -> bool:
+    """True where the environment variable CI is "true" (GitHub Actions and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def missing_engine(engine: str, why: str) -> NoReturn:
+    """An engine a test needs is missing or did not start: skip, saying why; under CI fail instead,
+    so a broken install step turns CI red rather than leaving it green with the test unrun. Every
+    engine test (SLURM, PostgreSQL, the MLflow server, Ray, Chromium) ends up here."""
+    first = why.splitlines()[0][:200] if why else ""
+    if in_ci():
+        note_engine(engine, f"FAILED ({first})")
+        pytest.fail(f"{engine} is missing under CI=true (CI installs every engine: scripts/ci-services.sh, "
+                    f"the test extra): {why}", pytrace=False)
+    note_engine(engine, f"SKIPPED ({first})")
     pytest.skip(f"{engine} could not start: {why}")
+
+
+_skip = missing_engine  # the name the daemons below use
+
+
+def require_module(engine: str, module: str, hint: str):
+    """``import module`` for an engine test, or ``missing_engine`` with ``hint`` (how to install it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing_engine(engine, f"{module} not importable ({exc}): {hint}")
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # -- SLURM ------------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def test_augmentation_is_dihedral_and_seeded():
         assert any(torch.equal(a[i], v) for v in variants)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["efficientnet-lite0", "resnet50"])
 def test_trained_encoders_run_on_tiles(encoder, tmp_path):
     weights = None

@@ -16,14 +16,19 @@ from flag_bench.cli import app
 from flag_bench.leaderboard.calibration import add_calibration, bounds
 from flag_bench.leaderboard.model import metric_direction
 from flag_bench.leaderboard.validity import CONTROLS, NOISY, noise_config_hash, summary_line, verdicts_from_frame
+from flag_bench.roles import Role
 
 runner = CliRunner()
+
+
+# the role each method's records store (what calibration reads: never the method's name)
+ROLES = {"random-spot": Role.NULL, "gene-prior": Role.NULL, "null-shuffle": Role.TRUTH_NULL}
 
 
 def _frame(rows):
     base = dict(dataset="d", dataset_spec="d", n_genes=10, split="slide", target_transform="log1p",
                 panel_selector="hmhvg", config_hash="h", seed=0)
-    return pd.DataFrame([{**base, **r} for r in rows])
+    return pd.DataFrame([{**base, "role": ROLES.get(r["method"], Role.METHOD).value, **r} for r in rows])
 
 
 def test_calibration_uses_the_best_image_free_null_of_the_same_fold():
@@ -85,6 +90,7 @@ def grid(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_the_report_shows_calibrated_columns_null_ceiling_and_the_verdict(grid):
     out = runner.invoke(app, ["report", "--results-dir", str(grid), "--source", "store"], env={"COLUMNS": "80"})
     assert out.exit_code == 0, out.output
@@ -117,6 +123,7 @@ def test_the_report_shows_calibrated_columns_null_ceiling_and_the_verdict(grid):
     assert ridge["ssc_spot_location_sensitive"] == "yes"
 
 
+@pytest.mark.slow
 def test_the_html_page_has_calibrated_tables_and_bands(grid, tmp_path):
     page = tmp_path / "b.html"
     res = runner.invoke(app, ["report", "--results-dir", str(grid), "--format", "html", "--output", str(page)])

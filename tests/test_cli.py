@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +79,7 @@ def test_a_failed_cells_message_keeps_its_toml_table(tmp_path):
     assert "set [methods.histogene] n_pos = " in " ".join(res.output.split()), res.output
 
 
+@pytest.mark.slow
 def test_run_then_report_formats(tmp_path):
     rd = str(tmp_path / "r")
     res = runner.invoke(app, [*BASE, "--results-dir", rd, "--methods", "mean,ridge", "--genes", "5,10"])
@@ -99,6 +99,7 @@ def test_run_then_report_formats(tmp_path):
     _one_line_error(res, "no results")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_grid_loses_no_finished_cell(tmp_path):
     rd = tmp_path / "r"
     cmd = [sys.executable, "-m", "flag_bench.cli", *BASE, "--results-dir", str(rd),

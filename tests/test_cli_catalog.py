@@ -92,6 +92,7 @@ def test_version():
     assert res.returncode == 0 and res.stdout.strip() == f"flag-bench {__version__} (protocol {PROTOCOL_VERSION})"
 
 
+@pytest.mark.slow
 def test_check_passes_on_a_control_and_exit_codes():
     res = cli("check", "mean")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -120,7 +120,7 @@ def test_ddpm_ancestral_samples_a_known_gaussian_with_respacing():
     for diff in (full, full.respaced(50)):
         index = {int(o): i for i, o in enumerate(diff.timestep_map)}
 
-        def model_fn(x, t_model):
+        def model_fn(x, t_model, index=index, diff=diff):  # bound now: the loop rebinds both
             i = torch.full((len(t_model),), index[int(t_model[0])])  # one step per call
             a = torch.as_tensor(diff.ac, dtype=torch.float32)[i].view(-1, 1)
             eps = torch.sqrt(1 - a) * (x - torch.sqrt(a) * mu) / (a * s**2 + 1 - a)

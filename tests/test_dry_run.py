@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from flag_bench.cli import app
@@ -40,6 +41,7 @@ def test_dry_run_on_the_default_grid_writes_nothing(tmp_path):
     assert after == before
 
 
+@pytest.mark.slow
 def test_dry_run_counts_finished_cells_and_estimates_from_records(tmp_path):
     rd = str(tmp_path / "r")
     assert CliRunner().invoke(app, [*BASE, "--results-dir", rd, "--folds", "0"]).exit_code == 0
@@ -69,6 +71,7 @@ def test_a_dataset_file_that_is_not_her2st_mini_is_one_line(tmp_path):
     assert str(bad) in res.output and "not an her2st-mini HDF5 file" in res.output
 
 
+@pytest.mark.slow
 def test_encoding_is_timed_apart_from_the_cells(tmp_path):
     from flag_bench.config import RunConfig
     from flag_bench.driver import Driver

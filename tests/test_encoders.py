@@ -120,8 +120,10 @@ def test_cache_reused_across_processes(tmp_path):
         "e = embed_cache.get_embeddings(ds, 'S01', ColorStats(), PatchSpec(112, 16), cache_dir=sys.argv[1]);"
         "import os; print(os.stat(next((__import__('pathlib').Path(sys.argv[1]) / 'embeddings').glob('*.npy'))).st_mtime_ns)"
     )
-    run = lambda: subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                                 check=True, env={**os.environ}).stdout.strip()
+    def run():
+        return subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                              check=True, env={**os.environ}).stdout.strip()
+
     first, second = run(), run()
     assert first == second  # the second process read the file and did not rewrite it
 

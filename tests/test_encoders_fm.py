@@ -89,6 +89,7 @@ def _fake_hf_cache(hub, spec, source, revision="0123abcd"):
 PUBLISHED_PARAMS = {"phikon": (86, 1e6), "uni": (0.3, 1e9), "h-optimus-0": (1.1, 1e9), "gigapath": (1.1, 1e9)}
 
 
+@pytest.mark.slow
 def test_full_size_architectures_build_with_published_sizes_and_dims():
     for name in NAMES:
         spec = fm.SPECS[name]
@@ -315,6 +316,7 @@ def test_plan_records_encoder_and_flags_overlap(tmp_path, monkeypatch):
             run_encoder(t)
 
 
+@pytest.mark.slow
 def test_cli_run_with_phikon_and_a_missing_weights_path(tmp_path, monkeypatch):
     from flag_bench.cli import app
     from flag_bench.store import ResultsStore

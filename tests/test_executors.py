@@ -63,7 +63,7 @@ def test_two_runs_started_at_once_share_the_grid(tmp_path):
     rd = tmp_path / "res"
     procs = [_script(rd, 1, "0,1", tmp_path / "pids") for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     counts = [_counts(o) for o, _ in outs]
     assert sum(c["computed"] for c in counts) == 8  # 4 folds x 2 seeds, each computed once

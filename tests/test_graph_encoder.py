@@ -39,7 +39,7 @@ def perturb_nonzero_init(model: GraphEncoder, seed: int = 5) -> None:
     """adaLN heads and pools start at zero; give them weights so the tests exercise them."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.abs().sum() == 0 and p.dim() >= 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 

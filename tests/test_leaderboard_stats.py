@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as sps
 
 from flag_bench.leaderboard import stats as S
+from flag_bench.roles import Role
 
 
 def _holm_reference(p):
@@ -269,19 +270,24 @@ def test_control_scale_both_directions():
     assert np.isnan(S.control_scale(1.0, 2.0, 2.0))
 
 
+# what the records of the scaled frame's methods store (their cards' role)
+ROLES = {"mean": Role.NEGATIVE_CONTROL, "ridge": Role.POSITIVE_CONTROL, "knn": Role.POSITIVE_CONTROL}
+
+
 def _scaled_frame():
     rows = []
     vals = {"mean": (0.0, 2.0), "ridge": (0.4, 1.2), "knn": (0.5, 1.5), "flag": (0.7, 0.8)}
     for m, (pcc, mse) in vals.items():
         for fold in range(2):
             rows.append({"dataset": "d", "n_genes": 50, "fold": f"f{fold}", "seed": 0, "method": m,
-                         "config_hash": "h", "pcc_mean": pcc + 0.01 * fold, "mse": mse - 0.01 * fold})
+                         "role": ROLES.get(m, Role.METHOD).value, "config_hash": "h", "pcc_mean": pcc + 0.01 * fold,
+                         "mse": mse - 0.01 * fold})
     return pd.DataFrame(rows), {(m, "h"): m for m in vals}
 
 
 def test_scaled_scores_pick_the_best_control_per_metric():
     frame, labels = _scaled_frame()
-    roles = S.control_roles(sorted(set(frame["method"])))
+    roles = S.control_roles(frame)
     assert roles == {"mean": "negative", "ridge": "positive", "knn": "positive"}
     cells = {c.metric: c for c in S.scaled_scores(frame, ["pcc_mean", "mse"], {"pcc_mean": True, "mse": False},
                                                   labels, roles)}
@@ -296,11 +302,11 @@ def test_scaled_scores_pick_the_best_control_per_metric():
 def test_scaled_scores_say_why_not():
     frame, labels = _scaled_frame()
     no_neg = frame[frame["method"] != "mean"]
-    roles = S.control_roles(sorted(set(no_neg["method"])))
+    roles = S.control_roles(no_neg)
     (cell,) = S.scaled_scores(no_neg, ["pcc_mean"], {"pcc_mean": True}, labels, roles)
     assert not cell.scores and "no negative control" in cell.reason
     only = frame[frame["method"].isin(["mean", "flag"])]
-    (cell,) = S.scaled_scores(only, ["pcc_mean"], {"pcc_mean": True}, labels, S.control_roles(["mean", "flag"]))
+    (cell,) = S.scaled_scores(only, ["pcc_mean"], {"pcc_mean": True}, labels, S.control_roles(only))
     assert not cell.scores and "no positive control" in cell.reason
 
 

@@ -230,7 +230,7 @@ class _Slotted:
 
 
 def _leaky_slots_kwdefaults(ds, test_input, views):
-    def reader(*, cache=_Slotted({"x": views.truths[0].copy()})):
+    def reader(*, cache=_Slotted({"x": views.truths[0].copy()})):  # noqa: B008  (the leak under test)
         return cache
 
     return dataclasses.replace(test_input, image=reader)

@@ -19,8 +19,9 @@ from flag_bench.methods.controls import MeanControl
 from flag_bench.methods.nulls import GenePrior, GenePriorConfig, RandomSpot, RandomSpotConfig
 from flag_bench.methods.oracles import (NullRotate, NullShuffle, RotateConfig, ShuffleConfig, receives_truth,
                                         rotated_sources)
-from flag_bench.methods.roles import (NULL_ROLE, ORACLE_ROLE, is_null, is_oracle, is_reference, role_of)
+from flag_bench.methods.roles import is_null, is_oracle, is_reference, role_of
 from flag_bench.metrics.moran import morans_i_values
+from flag_bench.roles import Role, recorded_role
 from flag_bench.metrics.structure import DEFAULT_WEIGHTS
 from flag_bench.scoring import score_cell
 
@@ -49,13 +50,41 @@ def _method(cls, cfg, views, seed=0):
 # -- roles ----------------------------------------------------------------------------------------
 
 def test_roles_read_classes_cards_and_recorded_card_dicts():
-    for obj in (RandomSpot, RandomSpot.card, RandomSpot.card.to_dict(), NullShuffle, NullRotate.card.to_dict()):
-        assert role_of(obj) == NULL_ROLE and is_null(obj) and is_reference(obj) and not is_oracle(obj)
+    for obj in (RandomSpot, RandomSpot.card, RandomSpot.card.to_dict(), GenePrior.card.to_dict()):
+        assert role_of(obj) is Role.NULL and is_null(obj) and is_reference(obj) and not is_oracle(obj)
+    for obj in (NullShuffle, NullRotate.card, NullRotate.card.to_dict()):
+        assert role_of(obj) is Role.TRUTH_NULL and is_null(obj) and is_reference(obj) and not is_oracle(obj)
     for obj in (METHODS.get("oracle-noise"), method_card("oracle-slide-mean").to_dict()):
-        assert role_of(obj) == ORACLE_ROLE and is_oracle(obj) and is_reference(obj) and not is_null(obj)
+        assert role_of(obj) is Role.ORACLE and is_oracle(obj) and is_reference(obj) and not is_null(obj)
     plain = MethodCard(name="plain", description="x", needs=frozenset())
-    for obj in (MeanControl, plain, plain.to_dict(), {"extra": None}, {}):
-        assert role_of(obj) is None and not is_reference(obj)
+    for obj in (plain, plain.to_dict(), {"extra": None}, {}):
+        assert role_of(obj) is Role.METHOD and not is_reference(obj)
+    assert role_of(MeanControl) is Role.NEGATIVE_CONTROL and not is_reference(MeanControl)
+
+
+def test_records_written_before_the_role_field_read_as_then():
+    """A card dict without ``role`` (records of an older flag-bench): extra['role'] for the
+    references, the built-in controls by name, anything else a method."""
+    for card, role in (({"name": "null-shuffle", "extra": {"role": "null", "reads_truth": True}}, Role.TRUTH_NULL),
+                       ({"name": "gene-prior", "extra": {"role": "null", "reads_truth": False}}, Role.NULL),
+                       ({"name": "oracle-noise", "extra": {"role": "oracle"}}, Role.ORACLE),
+                       ({"name": "plug", "extra": {"role": "positive_control"}}, Role.POSITIVE_CONTROL),
+                       ({"name": "mean", "extra": {}}, Role.NEGATIVE_CONTROL),
+                       ({"name": "knn"}, Role.POSITIVE_CONTROL), ({"name": "flag", "extra": {}}, Role.METHOD)):
+        assert recorded_role(card) is role and role_of(card) is role, card
+    # the new shape wins over a name: the field is the one source
+    assert recorded_role({"name": "mean", "role": "method"}) is Role.METHOD
+
+
+def test_a_card_declares_its_role_in_the_field_only():
+    with pytest.raises(ValueError, match="role field"):
+        MethodCard(name="old", description="x", needs=frozenset(), extra={"role": "oracle"})
+    with pytest.raises(ValueError, match="unknown role 'ghost'"):
+        MethodCard(name="bad", description="x", needs=frozenset(), role="ghost")
+    card = MethodCard(name="typed", description="x", needs=frozenset(), role="null")
+    assert card.role is Role.NULL and card.to_dict()["role"] == Role.NULL.value
+    for n in METHODS.names():  # no built-in keeps a role in extra
+        assert "role" not in method_card(n).extra and isinstance(method_card(n).role, Role), n
 
 
 def test_registry_places_the_nulls():
@@ -65,9 +94,9 @@ def test_registry_places_the_nulls():
     assert [n for n in nulls if in_default_run(n)] == ["random-spot", "gene-prior"]
     assert [n for n in nulls if receives_truth(METHODS.get(n))] == ["null-shuffle", "null-rotate"]
     for n in ("null-shuffle", "null-rotate"):
-        assert method_card(n).extra["reads_truth"] is True
+        assert method_card(n).role is Role.TRUTH_NULL
     for n in ("random-spot", "gene-prior"):
-        assert method_card(n).extra["reads_truth"] is False and "embeddings" not in method_card(n).needs
+        assert method_card(n).role is Role.NULL and "embeddings" not in method_card(n).needs
 
 
 # -- null-shuffle -----------------------------------------------------------------------------------

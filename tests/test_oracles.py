@@ -103,6 +103,7 @@ def test_only_the_built_in_oracles_receive_the_truth():
     assert not receives_truth(MeanControl)
 
 
+@pytest.mark.slow
 def test_smoothed_truth_beats_every_method_on_ssc_and_is_marked(tmp_path):
     """Every non-oracle built-in, `small` preset, G = 50, C2 left out (the within-patient fold where
     the smoothed truth scores lowest: SSC 0.49 against 0.90 on B4; every fold of both splits is in

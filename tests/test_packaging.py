@@ -103,3 +103,9 @@ def test_wheel_imports_its_own_sub_packages(wheel, tmp_path):
     run = dict(capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     proc = subprocess.run([sys.executable, "-c", code], **run)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_wheel_marks_the_package_typed(wheel):
+    # PEP 561: without the marker, type checkers ignore the package's annotations for its users
+    members = set(zipfile.ZipFile(wheel).namelist())
+    assert "flag_bench/py.typed" in members, "the wheel has no flag_bench/py.typed (package-data)"

@@ -8,7 +8,7 @@ import pytest
 from flag_bench.config import RunConfig
 from flag_bench.driver import Driver
 from flag_bench.store import ResultsStore
-from services import ENGINE_GRID, store_scores
+from services import ENGINE_GRID, missing_engine, require_module, store_scores
 
 pytest_plugins = [__name__.rpartition(".")[0] + ".services" if "." in __name__ else "services"]
 pytestmark = pytest.mark.slow
@@ -24,15 +24,14 @@ def local_ray(tmp_path_factory):
 
     note_engine = importlib.import_module(pytest_plugins[0]).note_engine
 
-    ray = pytest.importorskip("ray", reason="pip install 'flag-bench[ray]'")
+    ray = require_module("ray", "ray", "pip install 'flag-bench[ray]'")
     from flag_bench.cluster.ray import start_local
 
     try:
         # flag-bench's own local start (loopback, Ray's token auth on), with a private temp dir
         start_local(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     except Exception as exc:
-        note_engine("ray", f"SKIPPED ({type(exc).__name__})")
-        pytest.skip(f"a local Ray cluster could not start: {exc}")
+        missing_engine("ray", f"a local Ray cluster could not start: {type(exc).__name__}: {exc}")
     note_engine("ray", "ran (local cluster, 2 CPUs)")
     yield ray
     ray.shutdown()
@@ -49,7 +48,7 @@ def test_local_cluster_is_loopback_only_with_auth_on(tmp_path, monkeypatch):
     """The cluster `--executor ray` starts itself (no --ray-address) listens on 127.0.0.1 only and
     keeps Ray's token authentication on, without writing a token into the user's home. Runs before
     the module's shared cluster exists (tests run in file order)."""
-    ray = pytest.importorskip("ray", reason="pip install 'flag-bench[ray]'")
+    ray = require_module("ray", "ray", "pip install 'flag-bench[ray]'")
     psutil = pytest.importorskip("psutil")
     if ray.is_initialized():
         pytest.skip("a Ray cluster is already up in this process")
@@ -64,7 +63,7 @@ def test_local_cluster_is_loopback_only_with_auth_on(tmp_path, monkeypatch):
         try:
             ex._init()
         except Exception as exc:  # as the fixture below: a machine too busy to start Ray in time
-            pytest.skip(f"a local Ray cluster could not start: {exc}")
+            missing_engine("ray", f"a local Ray cluster could not start: {type(exc).__name__}: {exc}")
         assert get_authentication_mode() == AuthenticationMode.TOKEN
         assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42  # a worker reaches the cluster

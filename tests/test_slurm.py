@@ -43,11 +43,11 @@ def test_slurm_array_gives_the_serial_scores_and_records_slurm_accounting(slurm_
     rd = tmp_path / "slurm"
     s = Driver(RunConfig(**BASE, results_dir=str(rd), executor="slurm", slurm_batch=2,
                          slurm_array_parallelism=2)).run()
-    assert (s.ok, s.failed, s.executor) == (6, [], "slurm") and s.slurm_job
+    assert (s.ok, s.failed, s.executor) == (6, [], "slurm") and s.job
     assert _scores(rd) == serial_scores
     for rec in ResultsStore(rd).records():
         sched = rec.provenance["scheduler"]
-        assert sched["engine"] == "slurm" and sched["job_id"].startswith(f"{s.slurm_job}_")
+        assert sched["engine"] == "slurm" and sched["job_id"].startswith(f"{s.job}_")
         assert sched["node"] == slurm_cluster.conf.read_text().split("NodeName=")[1].split()[0]
         assert sched["cpus"] == 1  # SLURM_CPUS_PER_TASK, not the node's cores
         assert sched["cell_elapsed_s"] > 0
@@ -55,7 +55,7 @@ def test_slurm_array_gives_the_serial_scores_and_records_slurm_accounting(slurm_
     assert not list((rd / "claims").glob("*.claim"))
     # a rerun of the same grid submits nothing
     again = Driver(RunConfig(**BASE, results_dir=str(rd), executor="slurm")).run()
-    assert again.skipped == 6 and again.slurm_job is None
+    assert again.skipped == 6 and again.job is None
 
 
 def _wait(check, timeout, what):
@@ -85,29 +85,29 @@ def test_detach_collect_scancel_and_resubmit(slurm_cluster, serial_scores, tmp_p
     cfg = RunConfig(**{**BASE, "methods": ("mean", "ridge", "sleepy")}, results_dir=str(rd), executor="slurm",
                     detach=True, method_overrides={"sleepy": {"sleep": 6.0}}, seeds=(0,), folds=(0,))
     s = Driver(cfg).run()
-    assert s.detached and s.ok == 0 and s.slurm_job
+    assert s.detached and s.ok == 0 and s.job
     store = ResultsStore(rd)
     assert len(list((rd / "claims").glob("*.claim"))) == 3  # held by the array tasks, not by this process
-    sub = (rd / "slurm" / "submissions" / f"{s.slurm_job}.json")
+    sub = (rd / "slurm" / "submissions" / f"{s.job}.json")
     assert sub.exists()
     import json
 
     tasks = json.loads(sub.read_text())["tasks"]
     sleepy = [c for c in store.plans()[-1]["cells"] if c["method"] == "sleepy"][0]["cell_id"]
     index = [i for i, ids in enumerate(tasks) if sleepy in ids][0]
-    job = f"{s.slurm_job}_{index}"
+    job = f"{s.job}_{index}"
     _wait(lambda: (tmp_path / "pids").is_dir() and any((tmp_path / "pids").iterdir()), 60, "the sleepy cell to start")
     # a second run now leaves the live tasks' cells alone
     busy = Driver(cfg.replace(detach=False, executor="slurm")).run()
-    assert busy.elsewhere + busy.skipped + busy.collected >= 3 and busy.slurm_job is None
+    assert busy.elsewhere + busy.skipped + busy.collected >= 3 and busy.job is None
     assert slurm_cluster.run("scancel", job).returncode == 0
     ok_ids = set(serial_scores) | {sleepy}
 
     def collected_all() -> bool:
         r = _cli("collect", "--results-dir", str(rd))
         assert r.exit_code == 0, r.output
-        return len(json.loads((rd / "slurm" / "submissions" / f"{s.slurm_job}.collected.json").read_text())) == 3 \
-            if (rd / "slurm" / "submissions" / f"{s.slurm_job}.collected.json").exists() else False
+        return len(json.loads((rd / "slurm" / "submissions" / f"{s.job}.collected.json").read_text())) == 3 \
+            if (rd / "slurm" / "submissions" / f"{s.job}.collected.json").exists() else False
 
     _wait(collected_all, 90, "collect to gather every array task")
     fails = list(store.failures())
@@ -175,14 +175,14 @@ def test_counts_of_a_fully_collected_submission_need_no_squeue(tmp_path, monkeyp
     whose tasks were all collected is not looked up in squeue (one that is not still is)."""
     import json as _json
 
-    import flag_bench.store as store_mod
+    import flag_bench.cluster.slurm as slurm_mod  # squeue moved here from flag_bench.store
     from flag_bench.cluster.slurm import Submission, counts
     from flag_bench.errors import UserError
 
     def no_squeue(max_age: float = 2.0):
         raise UserError("squeue failed")
 
-    monkeypatch.setattr(store_mod, "slurm_jobs", no_squeue)
+    monkeypatch.setattr(slurm_mod, "slurm_jobs", no_squeue)
     sub = Submission.write(tmp_path, "41", tmp_path / "jobs", [["c1"], ["c2"]], ["41_0", "41_1"], None, {},
                            "default", None)
     sub.collected_path.write_text(_json.dumps([0, 1]))

@@ -14,7 +14,7 @@ from flag_bench.metrics.base import SlideContext
 from flag_bench.metrics.domains import DOMAINS, cluster_labels, domain_scores, pca_scores
 from flag_bench.metrics.moran import morans_i_values
 from flag_bench.metrics.spatial_weights import KNNWeights, RadiusWeights
-from flag_bench.metrics.structure import GSC, RVD, SSC, gsc_scores, make_ssc, ssc_scores
+from flag_bench.metrics.structure import GSC, RVD, SSC, gsc_scores, make_ssc
 
 
 def _slide(n=400, g=40, seed=0, noise=0.3):

@@ -9,8 +9,6 @@ import os
 import socket
 import time
 
-import pytest
-
 from flag_bench.config import RunConfig
 from flag_bench.driver import Driver
 from flag_bench.store import ResultsStore
@@ -154,17 +152,17 @@ def test_cells_held_by_another_host_are_named_by_the_run(tmp_path):
 def test_slurm_claims_without_squeue_are_unknown_not_a_crash(tmp_path, monkeypatch, capsys):
     from typer.testing import CliRunner
 
-    import flag_bench.store as store_mod
+    import flag_bench.cluster.slurm as slurm_mod  # squeue (and its cache) moved here from flag_bench.store
     from flag_bench.cli import app
     from flag_bench.cluster.status import cell_states
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no squeue anywhere
-    monkeypatch.setitem(store_mod._SQUEUE, "at", -1e9)
-    if hasattr(store_mod, "_UNKNOWN"):
-        monkeypatch.setattr(store_mod, "_UNKNOWN", {"at": -1e9, "error": None, "warned": False})
+    monkeypatch.setitem(slurm_mod._SQUEUE, "at", -1e9)
+    if hasattr(slurm_mod, "_UNKNOWN"):
+        monkeypatch.setattr(slurm_mod, "_UNKNOWN", {"at": -1e9, "error": None, "warned": False})
     store = new_store(tmp_path)
     store.write_plan({"suite": "default"}, [{"cell_id": "c1"}, {"cell_id": "c2"}])
-    store.hand_over("c1", "77_0")
+    store.hand_over("c1", slurm_mod.claim_fields("77_0"))
     assert store.claim("c1") is False and store.busy("c1")  # unknown counts as running: no double work
     assert "cells claimed by SLURM jobs are treated as still running (state unknown)" in capsys.readouterr().err
     counts, notes = cell_states(tmp_path / "res")
@@ -189,7 +187,8 @@ class Clock:
 
 
 def test_a_task_gone_from_squeue_gets_the_nfs_grace_and_one_more_look(tmp_path, monkeypatch):
-    pytest.importorskip("submitit")
+    from services import require_module  # skips without submitit; under CI=true fails
+    require_module("slurm", "submitit", "pip install 'flag-bench[slurm]'")
     import flag_bench.cluster.slurm as slurm
     from submitit.core.utils import JobPaths
 

@@ -31,6 +31,7 @@ from flag_bench.methods.base import MethodCard
 from flag_bench.methods.controls import MeanControl
 from flag_bench.methods.oracles import NoiseConfig, OracleNoise, claims_truth, receives_truth
 from flag_bench.plan import plan_grid
+from flag_bench.roles import TRUTH_ROLES, Role
 
 SYN = "synthetic:n_slides=4,spots_per_slide=40,n_genes=30,seed=5"
 
@@ -244,6 +245,33 @@ def test_a_the_truth_is_granted_by_the_registry_not_by_module(tmp_path):
     assert rec.status == "failed" and "oracle" in rec.error.message, rec  # predict raises; no truth
     results = {r.name: r for r in run_checks("module-claimant", ModuleClaimant)}
     assert results["card"].status == "FAIL" and "never handed the truth" in results["card"].detail
+
+
+class RoleClaimant(OracleNoise):
+    """An oracle subclass whose card declares the oracle role in its typed field: a role is what a
+    card says about itself, so it grants nothing."""
+
+    card = dataclasses.replace(_card("role-claimant"), role=Role.ORACLE)
+    Config = NoiseConfig
+
+
+class TruthNullClaimant(MeanControl):
+    """Not an oracle subclass: a method whose card declares the truth-built null role."""
+
+    card = dataclasses.replace(_card("truth-null-claimant"), role=Role.TRUTH_NULL)
+
+
+def test_a_a_card_declaring_a_truth_role_is_handed_no_truth(tmp_path):
+    for cls in (RoleClaimant, TruthNullClaimant):
+        assert cls.card.role in TRUTH_ROLES and not receives_truth(cls) and claims_truth(cls)
+    recs = run_cells(tmp_path, [RoleClaimant, TruthNullClaimant])
+    rec = recs["role-claimant"]
+    assert rec.status == "failed" and "oracle" in rec.error.message, rec  # predict raises; no truth
+    assert rec.method.role is Role.ORACLE  # recorded as declared: a board shows it as a reference, unranked
+    assert recs["truth-null-claimant"].ok and recs["truth-null-claimant"].method.role is Role.TRUTH_NULL
+    for name, cls in (("role-claimant", RoleClaimant), ("truth-null-claimant", TruthNullClaimant)):
+        results = {r.name: r for r in run_checks(name, cls)}
+        assert results["card"].status == "FAIL" and "never handed the truth" in results["card"].detail
 
 
 def test_b_the_test_image_holds_no_path_to_the_counts_file(tmp_path):

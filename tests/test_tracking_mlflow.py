@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import math
 
-from test_results_api import grid  # noqa: F401  (the shared module fixture: store + MLflow)
+import test_results_api
+
+# the shared module fixture (store + MLflow); bound by assignment, not imported, so the tests'
+# `grid` parameters do not read as redefinitions of an unused import
+grid = test_results_api.grid
 
 
 def _run(grid, rec):

@@ -87,7 +87,8 @@ def unique_names(names) -> tuple[str, ...]:
     names = [str(n) for n in names]
     if len(set(names)) == len(names):
         return tuple(names)
-    taken, first, counter, out = set(names), set(), {}, []
+    counter: dict[str, int] = {}
+    taken, first, out = set(names), set(), []
     for n in names:
         if n not in first:
             first.add(n)

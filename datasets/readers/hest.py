@@ -109,7 +109,7 @@ def load(**params: Any) -> SpatialDataset:
         if lacking:
             raise UserError(f"{spec}: {root / 'metadata' / (lacking[0] + '.json')} has no '{field}' to filter "
                             f"{key}= on; add the metadata file or drop {key}=")
-        ok = {v.lower() for v in list_param(want)}
+        ok = {v.lower() for v in list_param(want) or ()}
         ids = [s for s in ids if str(metas[s][field]).lower() in ok]
     if not ids:
         raise UserError(f"{spec}: no sample of {root} matches the filters; loosen organ=/species=/technology=")
@@ -119,13 +119,14 @@ def load(**params: Any) -> SpatialDataset:
         m = metas[sid]
         platform, pitch, diameter = platform_of(m.get("st_technology"))
         diameter = positive_float(m.get("spot_diameter")) or diameter
-        patches = root / "patches" / f"{sid}.h5"
+        patch_file = root / "patches" / f"{sid}.h5"
+        patches: Path | None = patch_file
         image = None
-        if not patches.is_file():
+        if not patch_file.is_file():
             wsis = [root / "wsis" / f"{sid}{s}" for s in WSI_SUFFIXES]
             image = next((w for w in wsis if w.is_file()), None)
             if image is None:
-                need_file(patches, spec, "patch file", f"download patches/{sid}.h5 (or wsis/{sid}.tif), or leave "
+                need_file(patch_file, spec, "patch file", f"download patches/{sid}.h5 (or wsis/{sid}.tif), or leave "
                           f"{sid} out with ids=")
             patches = None
         est = positive_float(m.get("pixel_size_um_estimated"))

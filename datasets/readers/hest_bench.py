@@ -69,7 +69,7 @@ def load(**params: Any) -> SpatialDataset:
     if all(m.get("patient") not in (None, "") for m in metas.values()):
         patients, source = patient_ids(metas)[0], "metadata 'patient'"
     else:
-        group = {}
+        group: dict[str, str] = {}
         for k, (_, te) in enumerate(folds):
             for s in te:
                 group.setdefault(s, f"group{k}")

@@ -12,6 +12,7 @@ import hashlib
 import threading
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -172,7 +173,8 @@ def open_image_size(path: Path) -> tuple[int, int]:
         import openslide
 
         with openslide.OpenSlide(str(path)) as s:
-            return tuple(int(v) for v in s.dimensions)
+            w, h = s.dimensions
+            return int(w), int(h)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -204,7 +206,7 @@ def embedded_pixel_size(path: Path) -> float | None:
             import tifffile
 
             with tifffile.TiffFile(path) as t:
-                page = t.pages[0]
+                page = cast("tifffile.TiffPage", t.pages[0])  # a file's first page is never a frame
                 unit = page.tags.get("ResolutionUnit")
                 xres = page.tags.get("XResolution")
                 if unit is None or xres is None:

@@ -117,7 +117,7 @@ def read_section(*, sid: str, patient: str, counts_path: Path, spots_path: Path,
                         "give spots x genes raw counts")
     values = table.to_numpy(dtype=np.float64) if table.shape[1] else np.zeros((len(index), 0))
     counts = as_count_matrix(values[[rows[k] for k in keys]], spec, str(counts_path), "give spots x genes raw counts")
-    ids = raw_cols
+    ids: list[str] | tuple[str, ...] = raw_cols
     symbols = [names.get(c.split(".")[0], c) for c in ids]
     counts, genes, ids = resolve_duplicate_genes(counts, symbols, ids, duplicate_genes, spec,
                                                  f"{counts_path} columns" + (" (after gene_names=)" if names else ""))
@@ -128,7 +128,8 @@ def read_section(*, sid: str, patient: str, counts_path: Path, spots_path: Path,
                                             detail_embedded=f"resolution tags of {image.name}" if image else "")
     meta: dict[str, Any] = {"counts_file": str(counts_path), "spots_file": str(spots_path),
                             "pixel_size_source": source, "pixel_size_detail": detail, "pitch_um": pitch_um}
-    reader, key = None, ()
+    reader: ImageTileReader | None = None
+    key: tuple = ()
     if image is not None:
         w, h = open_image_size(image)
         check_coords_inside(coords, (w, h), spec, str(spots_path), str(image))

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from flag_bench.datasets.readers.build import SlidePart, as_count_matrix, check_spots, file_key
+from flag_bench.datasets.readers.build import (SlidePart, as_count_matrix, check_spots, file_key,
+                                               resolve_duplicate_genes)
 from flag_bench.datasets.readers.images import (H5PatchReader, ImageTileReader, embedded_pixel_size,
                                                 open_image_size)
 from flag_bench.datasets.readers.validate import check_coords_inside, resolve_pixel_size
@@ -47,8 +48,6 @@ def read_adata(path: Path, spec: str, *, counts_source: Any = None, duplicate_ge
     ``counts_source``: ``X`` (default), ``raw`` or a layer name. Repeated gene names are made
     unique the AnnData way (or summed: ``duplicate_genes=sum``), with a warning."""
     import anndata as ad
-
-    from flag_bench.datasets.readers.build import resolve_duplicate_genes
 
     try:
         with warnings.catch_warnings():  # repeated names: our own one-line warning below says what was done
@@ -200,6 +199,8 @@ def build_part(*, sid: str, patient: str, st_path: Path, patches: Path | None, i
                                                 spec=spec, where=f"sample {sid} ({st_path})",
                                                 detail_embedded=embedded_detail)
     meta = {**meta, "pixel_size_source": source, "pixel_size_detail": detail, "st_file": str(st_path)}
+    reader: H5PatchReader | ImageTileReader | None
+    key: tuple
     if patches is not None:
         field_um, how = stored_field_um(attrs, um, patch_um, spec, patches)
         # HEST cuts round(field / um-per-px) whole source pixels: the field is exact only to half

@@ -167,20 +167,21 @@ def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_siz
                                          spec=spec, where=f"{outs}", detail_embedded=detail)
     diameter_px = sf.get("spot_diameter_fullres")
     diameter_um = float(diameter_px) * um if diameter_px else 55.0
-    reader, key = None, ()
+    reader: ImageTileReader | None = None
+    source_key: tuple = ()
     if img_path is not None:
         img_coords = coords * scale
         w, h = open_image_size(img_path)
         check_coords_inside(img_coords, (w, h), spec, str(pos_path), str(img_path))
         reader = ImageTileReader(img_path, img_coords, um / scale)
-        key = (file_key(img_path), scale)
+        source_key = (file_key(img_path), scale)
         meta.update(image_file=str(img_path), image_size=(w, h), image_scale=scale, image_source="image")
     else:
         meta["image_source"] = "none"
     meta.update(pixel_size_source=source, pixel_size_detail=how)
     return SlidePart(id=sid, patient=patient, counts=counts, barcodes=barcodes, coords=coords, genes=genes,
                      gene_ids=gene_ids, pixel_size_um=um, spot_diameter_um=diameter_um, tile_reader=reader,
-                     meta=meta, source_key=key)
+                     meta=meta, source_key=source_key)
 
 
 def load(**params: Any) -> SpatialDataset:

@@ -35,9 +35,9 @@ def _when(t: float | None) -> str:
 
 def _known_encoders() -> tuple[str, ...]:
     try:
-        from flag_bench.catalog import ENCODERS
+        from flag_bench import resolve
 
-        return tuple(ENCODERS.names())
+        return resolve.encoder_names()
     except Exception:  # a broken plugin must not stop the cache listing
         return ()
 

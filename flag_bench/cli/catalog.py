@@ -1,9 +1,9 @@
 """`flag-bench list`, `show` and `check`: what is registered, what one method is, and whether
 it keeps the contract.
 
-`list` reads cards without importing torch (built-ins that import it have torch-free cards, see
-flag_bench/catalog.py) and stays under 0.5 s; `show` imports the method for its presets; `check`
-fits it. Output is plain text cut to the terminal's width (80 columns in a pipe), so it reads the
+`list` and `show` read cards and presets without importing torch (built-ins that import it have
+torch-free cards and config homes, see flag_bench/catalog.py) and stay under 0.5 s; `check` fits
+the method. Output is plain text cut to the terminal's width (80 columns in a pipe), so it reads the
 same in a terminal, a log and an issue.
 """
 
@@ -19,9 +19,7 @@ import typer
 from flag_bench.cli import app
 from flag_bench.cli.common import fail
 from flag_bench.errors import UserError
-
-
-PRESET_ORDER = ("tiny", "small", "paper")
+from flag_bench.spec import PRESETS as PRESET_ORDER
 
 
 def _width() -> int:
@@ -47,8 +45,8 @@ def list_(
                 raise UserError(f"unknown kind '{k}'; use one of {', '.join(ALL)}")
         out: list[str] = []
         for k in kinds:
-            lines = {"methods": _method_lines, "metrics": _metric_lines}.get(k, _name_lines)
-            out += lines(k) if lines is _name_lines else lines()
+            makers = {"methods": _method_lines, "metrics": _metric_lines}
+            out += makers[k]() if k in makers else _name_lines(k)
         sys.stdout.write("\n".join(out) + "\n")
     except UserError as exc:
         fail(str(exc))
@@ -124,10 +122,11 @@ def _name_lines(kind: str) -> list[str]:
 @app.command()
 def show(method: str = typer.Argument(..., help="A registered method (see flag-bench list methods).")):
     """Show a method's card, its presets with every config value, and the keys one may override."""
+    from flag_bench import resolve
     from flag_bench.catalog import METHODS, in_default_run
 
     try:
-        cls = METHODS.get(METHODS.check(method))
+        cls = resolve.method(method, light=True)  # a built-in's card and presets without torch
         lines = _card_lines(method, cls.card, METHODS.origin(method), in_default_run(method))
         lines += [""] + _preset_lines(method, cls)
     except UserError as exc:

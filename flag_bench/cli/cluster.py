@@ -44,27 +44,25 @@ def collect(
     It unpickles submitit's result files under <results-dir>/slurm/jobs: a results dir that
     others can write is refused (exit 2) unless --trust-results-dir is given."""
     try:
-        from flag_bench.cluster.slurm import check_trusted, collect as gather, require_submitit, submissions
+        from flag_bench.cluster import detached_work
         from flag_bench.driver import persist
         from flag_bench.store import ResultsStore
         from flag_bench.tracking import Tracker, default_tracking_uri
 
         rd = _results_dir(results_dir)
-        if not trust_results_dir:
-            check_trusted(rd)
-        require_submitit()
+        # each engine checks what collecting reads (unless trusted) and that it has submissions here
+        work = detached_work(rd, trusted=trust_results_dir)
         store = ResultsStore(rd)
-        subs = submissions(rd)
-        if not subs:
-            raise UserError(f"--results-dir {rd}: no SLURM submissions under slurm/submissions; submit with "
-                            "`flag-bench run --executor slurm --detach`")
         out = console()
-        last = subs[-1]
-        uri = tracking_uri or last.tracking_uri or default_tracking_uri(rd)
+        last = work[-1][1]
+        uri = tracking_uri or last["tracking_uri"] or default_tracking_uri(rd)
         with store.creation_lock():
-            tracker = Tracker(uri, rd, suite or last.suite or _suite(store, None),
+            tracker = Tracker(uri, rd, suite or last["suite"] or _suite(store, None),
                               warn=lambda m: out.print(f"warning: {m}", markup=False, highlight=False, soft_wrap=True))
-        n = gather(store, lambda rec, parent: persist(store, tracker, rec, parent))
+        n = {"tasks": 0, "records": 0, "busy": 0}
+        for engine, _ in work:
+            got = engine.collect_detached(store, lambda rec, parent: persist(store, tracker, rec, parent))
+            n = {k: v + got.get(k, 0) for k, v in n.items()}
     except UserError as exc:
         fail(str(exc))
         return

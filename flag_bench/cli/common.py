@@ -56,12 +56,9 @@ def dataset_list(value: Optional[str]) -> Optional[tuple]:
 
 
 def default_of(name: str) -> str:
-    """A RunConfig default as the help text shows it (one source of truth for defaults)."""
-    import dataclasses
-
+    """A RunConfig default as text, for commands that share a run option (its one declaration)."""
     from flag_bench.config import RunConfig
+    from flag_bench.options import default_value
 
-    value = {f.name: f.default for f in dataclasses.fields(RunConfig)}[name]
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
+    value = default_value(RunConfig, name)
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)

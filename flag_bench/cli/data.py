@@ -20,13 +20,13 @@ app.add_typer(data_app, name="data")
 def _load(spec_text: str):
     import warnings
 
-    from flag_bench.plan import load_dataset
+    from flag_bench import resolve
     from flag_bench.spec import DatasetSpec
 
     spec = DatasetSpec.parse(spec_text)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset(spec)
+        ds = resolve.dataset(spec)
     return spec, ds, [str(w.message) for w in caught]
 
 
@@ -113,11 +113,11 @@ def embed(
     import time
 
     try:
-        from flag_bench.catalog import ENCODERS
+        from flag_bench import resolve
         from flag_bench.datasets.base import PatchSpec
         from flag_bench.datasets.embed_cache import SlideRef, get_embeddings, is_cached
 
-        ENCODERS.check(encoder)
+        enc = resolve.encoder(encoder)  # an unknown name fails before the dataset loads; weights load on use
         if patch_um <= 0 or patch_px < 1:
             raise UserError(f"--patch-um {patch_um:g} --patch-px {patch_px}: both must be positive")
         patch = PatchSpec(float(patch_um), int(patch_px))
@@ -133,7 +133,6 @@ def embed(
         if missing:
             raise UserError(f"dataset {spec}: slide(s) {', '.join(missing)} have no image or patches; "
                             "give them in the spec before embedding")
-        enc = ENCODERS.get(encoder)()
         cache = str(cache_dir) if cache_dir is not None else None
         todo = [s for s in ds.slides if not is_cached(SlideRef.of(ds, s.id), enc, patch, device=device, cache_dir=cache)]
     except UserError as exc:

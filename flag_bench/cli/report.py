@@ -62,6 +62,7 @@ def report(
         if figures:
             lb = build(frame, metric=metric, columns=_with_pooled(cols, frame) if cols else _html_columns(frame),
                        costs=True, notes=notes)
+            assert output is not None  # refused above without --output
             _emit_figures(res, lb, fmt, output, csv_list(genes_to_plot, what="--genes-to-plot") or (),
                           csv_list(map_cells, what="--map-cells") or ())
         else:
@@ -142,9 +143,10 @@ def _emit_figures(res, lb, fmt: ReportFormat, output: Path, genes_to_plot, map_c
     """Everything is drawn before anything is written: a failure leaves no half-written report."""
     from flag_bench.io import atomic_write_bytes
     from flag_bench.leaderboard.content import build_content
+    from flag_bench.thumbnails import thumbnail
 
     kind = "svg" if fmt is ReportFormat.SVG else "png"
-    content = build_content(res, lb, kind=kind, genes_to_plot=genes_to_plot, map_cells=map_cells)
+    content = build_content(res, lb, kind=kind, genes_to_plot=genes_to_plot, map_cells=map_cells, thumbnail=thumbnail)
     if fmt is ReportFormat.HTML:
         from flag_bench.leaderboard.html import render_html
 

@@ -15,8 +15,9 @@ import os
 import secrets
 import socket
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
+from flag_bench.cluster import Executor, Submitted
 from flag_bench.errors import UserError, one_line
 from flag_bench.record import CellRecord
 
@@ -88,14 +89,22 @@ def run_one(task, cpus: int) -> dict:
     return with_scheduler(rec, info).to_json()
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     name = "ray"
+    runs_locally = False  # a joined cluster runs cells on its nodes, with their devices
 
     def __init__(self, cfg, on_event=None, device: str = "cpu"):
         self.ray = require_ray()
         self.cfg, self.on_event, self.device = cfg, on_event, device
         self._started = False
         self._inflight: dict = {}
+        self._tasks: Iterator | None = None  # submitted, drawn as slots free up
+        self._remote: Any = None  # ray's remote function, once the cluster is up
+        self._slots = 0
+
+    @classmethod
+    def from_run(cls, cfg, *, on_event=None, device: str = "cpu", store=None) -> "RayExecutor":
+        return cls(cfg, on_event, device)
 
     def _init(self) -> int:
         """Join or start a cluster; returns how many cells fit at once."""
@@ -117,26 +126,51 @@ class RayExecutor:
         total = int(ray.cluster_resources().get("CPU", 1))
         return max(1, total // self.cfg.ray_cpus_per_cell)
 
-    def map(self, tasks: Iterable) -> Iterator[CellRecord]:
-        ray = self.ray
-        slots = self._init()
-        cpus = self.cfg.ray_cpus_per_cell
+    def _start(self) -> None:
+        self._slots = self._init()
         gpus = 1 if self.device.startswith("cuda") else 0
-        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=self.cfg.max_retries)(run_one)
-        it = iter(tasks)
+        self._remote = self.ray.remote(num_cpus=self.cfg.ray_cpus_per_cell, num_gpus=gpus,
+                                       max_retries=self.cfg.max_retries)(run_one)
+
+    def _fill(self) -> None:
+        # a bounded window keeps tasks (and their claims) lazy: a second run can share the grid
+        while self._tasks is not None and len(self._inflight) < self._slots:
+            task = next(self._tasks, None)
+            if task is None:
+                self._tasks = None
+                return
+            self._inflight[self._remote.remote(task, self.cfg.ray_cpus_per_cell)] = task
+
+    def submit(self, tasks: Iterable, parent_run_id: str | None = None) -> Submitted | None:
+        self._tasks = iter(tasks)  # the cluster is joined or started with the first poll or collect
+        return None
+
+    def poll(self) -> list[CellRecord]:
+        if self._tasks is None and not self._inflight:
+            return []
+        if self._remote is None:
+            self._start()
+        self._fill()
+        done = []
+        if self._inflight:
+            done, _ = self.ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
+        out = [self._result(ref, self._inflight.pop(ref)) for ref in done]
+        self._fill()
+        return out
+
+    def collect(self) -> Iterator[CellRecord]:
+        ray = self.ray
+        self._start()
         try:
             while True:
-                while len(self._inflight) < slots:
-                    task = next(it, None)
-                    if task is None:
-                        break
-                    self._inflight[remote.remote(task, cpus)] = task
+                self._fill()
                 if not self._inflight:
                     return
                 done, _ = ray.wait(list(self._inflight), num_returns=1)
                 for ref in done:
                     yield self._result(ref, self._inflight.pop(ref))
         finally:
+            self._tasks = None
             if self._inflight:
                 for ref in list(self._inflight):
                     ray.cancel(ref, force=True)
@@ -150,19 +184,23 @@ class RayExecutor:
         except Exception as exc:  # the worker died (OOM kill, segfault) or the task was cancelled
             return crashed_record(task, exc)
 
-    def shutdown(self) -> list[CellRecord]:
+    def cancel(self) -> list[CellRecord]:
         done = []
         for ref, task in list(self._inflight.items()):
             ready, _ = self.ray.wait([ref], timeout=0)
             if ready:
                 done.append(self._result(ref, task))
                 self._inflight.pop(ref)
+        for ref in list(self._inflight):
+            self.ray.cancel(ref, force=True)
+        self._inflight.clear()
+        self._tasks = None
+        return done
+
+    def shutdown(self) -> None:
+        self.cancel()
         if self._started:
-            for ref in list(self._inflight):
-                self.ray.cancel(ref, force=True)
-            self._inflight.clear()
             # a cluster we started goes with us; one we joined stays up for its other users
             if not self.cfg.ray_address:
                 self.ray.shutdown()
             self._started = False
-        return done

@@ -28,11 +28,13 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from flag_bench.errors import UserError
+from flag_bench.cluster import Executor, NothingDetached, Submitted
+from flag_bench.errors import UserError, one_line
 from flag_bench.io import atomic_write_json
 from flag_bench.record import CellRecord, ErrorInfo
 
@@ -129,11 +131,77 @@ def slurm_accounting(job_id: str) -> dict:
     if out.returncode != 0 or not out.stdout.strip():
         return {}
     fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+    acc: dict[str, str | float | None]
     acc = {"state": fields.get("JobState"), "nodes": fields.get("NodeList"), "exit_code": fields.get("ExitCode"),
            "reason": fields.get("Reason"), "restarts": fields.get("Restarts")}
     if fields.get("RunTime"):
         acc["elapsed_s"] = _seconds(fields["RunTime"])
     return {k: v for k, v in acc.items() if v is not None}
+
+
+# -- squeue: the jobs SLURM still lists ---------------------------------------------------------
+_SQUEUE: dict = {"at": -1e9, "jobs": {}}
+_UNKNOWN: dict = {"at": -1e9, "error": None, "warned": False}
+
+
+def slurm_jobs(max_age: float = 2.0) -> dict[str, str]:
+    """This user's SLURM jobs as {"<array job>_<task>" or "<job>": state}, one ``squeue`` call
+    cached for ``max_age`` seconds (a grid asks about hundreds of claims at once). A UserError
+    when squeue cannot be run or fails (cached as long)."""
+    now = time.monotonic()
+    if now - _SQUEUE["at"] <= max_age:
+        return _SQUEUE["jobs"]
+    if _UNKNOWN["error"] and now - _UNKNOWN["at"] <= max_age:
+        raise UserError(_UNKNOWN["error"])
+    try:
+        out = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _UNKNOWN.update(at=now, error=f"squeue cannot be run ({exc}); run flag-bench where the SLURM client "
+                                      "commands work")
+        raise UserError(_UNKNOWN["error"]) from None
+    if out.returncode != 0:
+        _UNKNOWN.update(at=now, error=f"squeue failed ({one_line(out.stderr)}); check that SLURM answers "
+                                      "(`squeue --me`)")
+        raise UserError(_UNKNOWN["error"])
+    jobs = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            jobs[parts[0]] = parts[1]
+    _SQUEUE.update(at=now, jobs=jobs)
+    _UNKNOWN.update(error=None)
+    return jobs
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """SLURM's state of a job (PENDING, RUNNING, ...), None when squeue does not list it, or
+    ``"UNKNOWN"`` when squeue cannot be asked (warned once per process)."""
+    try:
+        return slurm_jobs().get(job_id)
+    except UserError as exc:
+        if not _UNKNOWN["warned"]:
+            _UNKNOWN["warned"] = True
+            print(f"warning: {exc}; cells claimed by SLURM jobs are treated as still running (state unknown)",
+                  file=sys.stderr)
+        return "UNKNOWN"
+
+
+# -- the claims of cells handed to array tasks (flag_bench.cluster.job_state asks) ------------------
+def claim_fields(job_id: str) -> dict[str, str]:
+    """What a cell's claim says once the array task ``job_id`` holds it (ResultsStore.hand_over)."""
+    return {"slurm_job": job_id}
+
+
+def claim_state(holder: dict) -> str:
+    """The state of the array task holding a claim: "pending", "running", "gone" (squeue no longer
+    lists it: the claim is stale) or "unknown" (squeue cannot be asked: warned once, live)."""
+    state = slurm_job_state(str(holder["slurm_job"]))
+    if state is None:
+        return "gone"
+    if state == "UNKNOWN":
+        return "unknown"
+    return "pending" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") else "running"
 
 
 # -- submissions ------------------------------------------------------------------------------
@@ -287,7 +355,7 @@ def submit(cfg, store, tasks: list, parent_run_id: str | None) -> Submission:
                            cfg.suite, cfg.tracking_uri)
     for i, batch in enumerate(batches):
         for t in batch:
-            store.hand_over(t.cell.cell_id, sub.task_job(i))
+            store.hand_over(t.cell.cell_id, claim_fields(sub.task_job(i)))
     return sub
 
 
@@ -313,8 +381,6 @@ def sbatch_params(cfg, tasks: list) -> dict:
 # -- collection (the driver, attached or through `flag-bench collect`) ----------------------------
 def ready(sub: Submission, done: set[int]) -> Iterator[tuple[int, list[CellRecord]]]:
     """Each array task not collected yet that has finished or is lost, with its records."""
-    from flag_bench.store import slurm_jobs
-
     try:
         jobs = slurm_jobs(max_age=0)
     except UserError:
@@ -326,8 +392,6 @@ def ready(sub: Submission, done: set[int]) -> Iterator[tuple[int, list[CellRecor
 
 def counts(sub: Submission) -> dict[str, int]:
     """Array tasks of a submission by state: collected, done (not collected), pending, running, lost."""
-    from flag_bench.store import slurm_jobs
-
     done = sub.collected()
     # a fully collected submission needs no squeue (SLURM may be gone by the time one asks)
     jobs = slurm_jobs(max_age=0) if len(done) < len(sub.tasks) else {}
@@ -337,26 +401,65 @@ def counts(sub: Submission) -> dict[str, int]:
     return out
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
+    """Cells as one job array. The array tasks hold the cells' claims and outlive this process:
+    ``--detach`` returns after submitting, and Ctrl-C leaves them running (``flag-bench collect``
+    gathers them later)."""
+
     name = "slurm"
+    runs_locally = False  # the array tasks run on the cluster's nodes, with their devices
+    can_detach = True
 
     def __init__(self, cfg, store, poll_s: float = 2.0):
         require_submitit()
         self.cfg, self.store, self.poll_s = cfg, store, poll_s
-        self.parent_run_id: str | None = None
         self.submission: Submission | None = None
-        self.on_submitted: Callable[[Submission], None] | None = None
+        self._polled: list[int] = []  # array tasks poll() returned, marked collected on the next call
 
-    def map(self, tasks: Iterable) -> Iterator[CellRecord]:
+    @classmethod
+    def from_run(cls, cfg, *, on_event=None, device: str = "cpu", store=None) -> "SlurmExecutor":
+        return cls(cfg, store)
+
+    def submit(self, tasks: Iterable, parent_run_id: str | None = None) -> Submitted | None:
         tasks = list(tasks)  # the whole array is submitted at once (claims taken as they are drawn)
         if not tasks:
-            return
-        sub = self.submission = submit(self.cfg, self.store, tasks, self.parent_run_id)
-        if self.on_submitted:
-            self.on_submitted(sub)
-        if self.cfg.detach:
+            return None
+        sub = self.submission = submit(self.cfg, self.store, tasks, parent_run_id)
+        return Submitted(sub.job_id, f"submitted SLURM job array {sub.job_id} ({len(sub.tasks)} task(s)); logs in "
+                                     f"{sub.folder}", detached=bool(self.cfg.detach))
+
+    def _attached(self) -> Submission | None:
+        return None if self.cfg.detach else self.submission
+
+    def _mark_polled(self, sub: Submission) -> None:
+        # the caller has written what the last poll returned: those tasks are collected now
+        for i in self._polled:
+            sub.mark_collected(i)
+        self._polled = []
+
+    def poll(self) -> list[CellRecord]:
+        from filelock import Timeout
+
+        sub = self._attached()
+        if sub is None:
+            return []
+        out: list[CellRecord] = []
+        try:
+            with sub.lock(timeout=0):
+                self._mark_polled(sub)
+                for i, recs in ready(sub, sub.collected()):
+                    out += recs
+                    self._polled.append(i)
+        except Timeout:
+            return []  # `flag-bench collect` is collecting it right now
+        return out
+
+    def collect(self) -> Iterator[CellRecord]:
+        sub = self._attached()
+        if sub is None:
             return
         with sub.lock():
+            self._mark_polled(sub)
             done = sub.collected()
             while len(done) < len(sub.tasks):
                 progressed = False
@@ -368,9 +471,29 @@ class SlurmExecutor:
                 if not progressed:
                     time.sleep(self.poll_s)
 
-    def shutdown(self) -> list[CellRecord]:
+    def cancel(self) -> list[CellRecord]:
         """Ctrl-C leaves the submitted tasks running: `flag-bench collect` gathers them later."""
         return []
+
+    def shutdown(self) -> None:
+        """Nothing is held here: the array tasks hold their cells' claims."""
+
+    @classmethod
+    def latest_detached(cls, results_dir: Path, trusted: bool) -> dict:
+        """The latest submission's tracking URI and suite; the results dir checked first (see
+        "Trust boundary") unless ``trusted``."""
+        if not trusted:
+            check_trusted(results_dir)
+        require_submitit()
+        subs = submissions(results_dir)
+        if not subs:
+            raise NothingDetached(f"--results-dir {results_dir}: no SLURM submissions under slurm/submissions; "
+                                  "submit with `flag-bench run --executor slurm --detach`")
+        return {"tracking_uri": subs[-1].tracking_uri, "suite": subs[-1].suite}
+
+    @classmethod
+    def collect_detached(cls, store, write: Callable[[CellRecord, str | None], None]) -> dict[str, int]:
+        return collect(store, write)
 
 
 TRUST_FLAG = "--trust-results-dir"

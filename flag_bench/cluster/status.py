@@ -9,6 +9,7 @@ def cell_states(results_dir: Path) -> tuple[dict[str, int], list[str]]:
     """({state: count}, notes). States: finished (an ok record), running / pending (a live claim;
     SLURM's state for a SLURM task), failed (only failed records), not_run (planned, nothing yet),
     and unknown (claimed by a SLURM job while squeue cannot be run; only when there are such cells)."""
+    from flag_bench.cluster import job_state
     from flag_bench.store import ResultsStore
 
     store = ResultsStore(results_dir)
@@ -22,16 +23,11 @@ def cell_states(results_dir: Path) -> tuple[dict[str, int], list[str]]:
         if holder is None:
             counts["failed" if cid in failed else "not_run"] += 1
             continue
-        if holder.get("slurm_job"):
-            from flag_bench.store import slurm_job_state
-
-            state = slurm_job_state(str(holder["slurm_job"])) or ""
-            if state == "UNKNOWN":  # squeue cannot be asked: warned once, never a crash
-                counts["unknown"] = counts.get("unknown", 0) + 1
-                continue
-            counts["pending" if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") else "running"] += 1
-        else:
-            counts["running"] += 1
+        state = job_state(holder)  # None: a process holds it
+        if state == "unknown":  # the engine cannot be asked (no squeue here): warned once, never a crash
+            counts["unknown"] = counts.get("unknown", 0) + 1
+            continue
+        counts["pending" if state == "pending" else "running"] += 1
     from flag_bench.cluster.slurm import counts as task_counts, submissions
     from flag_bench.errors import UserError
 

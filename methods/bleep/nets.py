@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flag_bench.errors import UserError
+from flag_bench.methods.bleep.config import missing_weights_message
 from flag_bench.safeload import load_weights
-
 
 
 class ProjectionHead(nn.Module):
@@ -109,13 +109,6 @@ def load_resnet50(path: str | None) -> ResNet50:
         raise UserError(f"method 'bleep': {path} is not a ResNet-50 state dict (missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}); give torchvision's or timm's resnet50 ImageNet weights")
     return model
-
-
-def missing_weights_message(path: str | None) -> str:
-    what = "no encoder_weights set" if not path else f"encoder_weights {path} does not exist"
-    return (f"method 'bleep': image_encoder 'resnet50' needs local ImageNet weights ({what}); set "
-            "[methods.bleep] encoder_weights = '/path/to/resnet50.pth' (torchvision or timm layout) or "
-            "image_encoder = 'efficientnet-lite0'")
 
 
 class LiteEncoder(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RETRIEVALS = ("simple", "average", "weighted")
+from flag_bench.methods.bleep.config import RETRIEVALS
 
 
 def topk_cosine(queries: torch.Tensor, keys: torch.Tensor, k: int, bank_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ in mask order (``padded[mask]`` order); packing keeps large per-spot targets (e.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ class WindowBatch:
     def repeat(self, k: int) -> "WindowBatch":
         """Each window repeated k times along the batch axis (k samples at once); packed fields
         and ``where`` are dropped because they no longer line up with the batch."""
-        rep = lambda x: None if x is None else x.repeat_interleave(k, dim=0)
+        def rep(x):
+            return None if x is None else x.repeat_interleave(k, dim=0)
+
         return WindowBatch(rep(self.mask), {n: rep(v) for n, v in self.padded.items()}, rep(self.pairs))
 
 
@@ -78,7 +80,8 @@ def collate(slides: Sequence[WindowedSlide], picks: Sequence[tuple[int, int]], d
            for name in padded if has(name)}
     pairs = None
     if first.pairs is not None and first.pairs[picks[0][1]] is not None:
-        pairs = pad_pairs([slides[s].pairs[w] for s, w in picks], n).to(device)
+        # cast: windowed together, every slide carries pairs when the first one does
+        pairs = pad_pairs([cast("list[torch.Tensor]", slides[s].pairs)[w] for s, w in picks], n).to(device)
     pack = {name: torch.cat([slides[s].spots[name][i] for (s, _), i in zip(picks, idx)]).to(device)
             for name in packed if has(name)}
     return WindowBatch(mask.to(device), out, pairs, pack, [(s, i) for (s, _), i in zip(picks, idx)])

@@ -11,6 +11,7 @@ identity at initialisation (the "adaLN-Zero" of the DiT lineage; flag-spec §3.3
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -126,10 +127,9 @@ class GeneDiT(nn.Module):
         xavier_linears(self)
         nn.init.kaiming_uniform_(self.gene_embed, a=math.sqrt(5))
         # adaLN-Zero: every block starts as the identity and the output starts at zero
-        for b in self.blocks:
-            nn.init.zeros_(b.adaLN[-1].weight)
-            nn.init.zeros_(b.adaLN[-1].bias)
-        for lin in (self.final.adaLN[-1], self.final.linear):
+        # cast: ModuleList and Sequential items are typed Module; these are DiTBlocks and Linears
+        heads = [b.adaLN[-1] for b in cast("list[DiTBlock]", self.blocks)] + [self.final.adaLN[-1]]
+        for lin in cast("list[nn.Linear]", heads) + [self.final.linear]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 

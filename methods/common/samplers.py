@@ -28,7 +28,8 @@ PostFn = Callable[[States], States]
 class SigmaSchedule(Protocol):
     """A noise level sigma(t) on [t_min, 1] and g(t)^2 = d sigma(t)^2 / dt."""
 
-    t_min: float
+    @property
+    def t_min(self) -> float: ...  # read-only: schedules are frozen dataclasses
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor: ...
 

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,9 @@ class _Selection:
 
     def __init__(self, patience: int):
         self.patience = patience
-        self.best_score, self.best_state, self.best_step = -math.inf, None, None
+        self.best_score = -math.inf
+        self.best_state: dict[str, Any] | None = None
+        self.best_step: int | None = None
         self.bad, self.n_evals = 0, 0
 
     def offer(self, score: float, step: int, model: nn.Module) -> bool:
@@ -78,7 +80,8 @@ class _Selection:
 def _optimiser_step(model, params, opt, micro_step: MicroStep, settings: LoopSettings, step: int,
                     name: str) -> tuple[float, dict]:
     opt.zero_grad(set_to_none=True)
-    total, logs = 0.0, {}
+    total = 0.0
+    logs: dict = {}  # the last micro-step's
     for micro in range(settings.grad_accum):
         loss, logs = micro_step(step, micro)
         check_finite(loss, name, step)
@@ -100,7 +103,8 @@ def train(method, model: nn.Module, micro_step: MicroStep, settings: LoopSetting
     scored = ema.model if ema is not None else model
     sel = _Selection(settings.patience)
     t0 = time.perf_counter()
-    running, history, last_logs, stopped_early, capped, done = None, [], {}, False, False, 0
+    last_logs: dict = {}
+    running, history, stopped_early, capped, done = None, [], False, False, 0
     model.train()
     for step in method.track(range(settings.steps), settings.steps, description):
         total, last_logs = _optimiser_step(model, params, opt, micro_step, settings, step, method.card.name)

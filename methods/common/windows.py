@@ -74,7 +74,7 @@ def windows(coords_um, size_um: float, max_spots: int | None = None) -> list[np.
     order = np.lexsort((tile[:, 1], tile[:, 0]))
     keys = tile[order]
     starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)])
-    out = []
+    out: list[np.ndarray] = []
     for idx in np.split(order, starts[1:]):
         parts = [idx] if max_spots is None else _split(c, np.sort(idx), max_spots)
         out.extend(_sort_in_window(c, p, size_um).astype(np.int64) for p in parts)

@@ -43,6 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flag_bench.methods.config_home import ConfigHome
+
 
 @dataclass(frozen=True)
 class FlagConfig:
@@ -193,3 +195,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "flag-node": {"paper": {**FLAG_PAPER, **GRAPH_DIFFUSION_PAPER}, "small": {**FLAG_SMALL, **GRAPH_DIFFUSION_SMALL},
                   "tiny": {**FLAG_TINY, **GRAPH_DIFFUSION_TINY}},
 }
+
+# the torch-free planning homes of the flag family (flag_bench/catalog.py CONFIG_HOMES)
+HOMES = {name: ConfigHome(FlagConfig, presets) for name, presets in PRESETS.items()}

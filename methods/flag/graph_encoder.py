@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -85,8 +86,9 @@ class AdaLayerNorm(nn.Module):
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
 
     def zero_init(self) -> None:
-        nn.init.zeros_(self.head[1].weight)
-        nn.init.zeros_(self.head[1].bias)
+        lin = cast(nn.Linear, self.head[1])  # indexing a Sequential is typed Module
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.head(z).chunk(2, dim=-1)
@@ -125,7 +127,9 @@ class GraphTransformerBlock(nn.Module):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, dim // n_heads
         self.ada_norm, self.use_cond_e = ada_norm, use_cond_e
-        lin = lambda d_in: nn.Linear(d_in, dim, bias=False)
+        def lin(d_in: int) -> nn.Linear:
+            return nn.Linear(d_in, dim, bias=False)
+
         self.q, self.k, self.v = lin(dim), lin(dim), lin(dim)
         self.e_mul, self.e_add = lin(dim), lin(dim)
         # node-condition pair terms CX and the output FiLM of the attention
@@ -146,6 +150,10 @@ class GraphTransformerBlock(nn.Module):
             self.fuse = _mlp(3 * dim, dim, dim, nn.SiLU)
             self.pool_v = nn.Linear(node_cond_dim, dim, bias=False)
             self.pool_e = nn.Linear(edge_cond_dim, dim, bias=False) if use_cond_e else None
+            self.norm_attn_x: nn.Module
+            self.norm_attn_e: nn.Module
+            self.norm_ffn_x: nn.Module
+            self.norm_ffn_e: nn.Module
             self.norm_attn_x, self.norm_attn_e = AdaLayerNorm(dim, dim), AdaLayerNorm(dim, dim)
             self.norm_ffn_x, self.norm_ffn_e = AdaLayerNorm(dim, dim), AdaLayerNorm(dim, dim)
         else:
@@ -155,7 +163,8 @@ class GraphTransformerBlock(nn.Module):
     def zero_init(self) -> None:
         """Zero the adaLN heads and the pooling projections (applied after the global xavier init)."""
         if self.ada_norm:
-            for norm in (self.norm_attn_x, self.norm_attn_e, self.norm_ffn_x, self.norm_ffn_e):
+            norms = (self.norm_attn_x, self.norm_attn_e, self.norm_ffn_x, self.norm_ffn_e)
+            for norm in cast("tuple[AdaLayerNorm, ...]", norms):  # ada_norm: they are AdaLayerNorms
                 norm.zero_init()
             nn.init.zeros_(self.pool_v.weight)
             if self.pool_e is not None:
@@ -255,6 +264,8 @@ class GraphEncoder(nn.Module):
     only read in ``ada_norm`` mode; ``cond_e`` only when ``use_cond_e_in_attn``.
     """
 
+    freqs: torch.Tensor  # a buffer (registered in __init__ when ada_norm)
+
     def __init__(self, config: GraphEncoderConfig):
         super().__init__()
         self.config = c = config
@@ -277,7 +288,7 @@ class GraphEncoder(nn.Module):
         from flag_bench.methods.common.dit import xavier_linears
 
         xavier_linears(self)
-        for blk in self.blocks:
+        for blk in cast("list[GraphTransformerBlock]", self.blocks):  # ModuleList items are typed Module
             blk.zero_init()
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:

@@ -211,7 +211,9 @@ class Flag(TorchMethod):
             s_x, s_a, _ = self._score(net, states[0], t, sig, rb.padded["cond"], rb.pairs, rb.mask, a_t, ctx=ctx)
             return [s_x * m3] + ([] if s_a is None else [s_a * pm])
 
-        post = lambda states: self._post(states, m3, pm)
+        def post(states):
+            return self._post(states, m3, pm)
+
         xs = heun_pf_ode(score_fn, post(self._initial_states(B * n_samples, N, gen, dev)), sde, steps, post=post)
         x = self._to_target(xs[0].view(B, n_samples, N, self.n_genes_))
         return x.clamp_min(0) if cfg.clip_at_zero else x

@@ -12,7 +12,7 @@ Graph roles (``GraphRole``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
@@ -34,10 +34,11 @@ class FlagNet(nn.Module):
     def __init__(self, graph_role: GraphRole, n_genes: int, cond_dim: int, cfg: FlagConfig, z_dim: int | None):
         super().__init__()
         self.graph_role, self.n_genes = graph_role, n_genes
-        self.graph, self.graph_sees_xt = None, False
+        self.graph: nn.Module | None = None
+        self.graph_sees_xt = False
         if graph_role != "none":
             self._build_graph(graph_role, n_genes, cond_dim, cfg)
-        self.dit = None
+        self.dit: GeneDiT | None = None
         if graph_role in ("none", "condition"):
             self._build_dit(n_genes, cond_dim, cfg, z_dim)
 
@@ -56,14 +57,16 @@ class FlagNet(nn.Module):
         gpt = auto_genes_per_token(n_genes, cfg.max_gene_tokens, cfg.max_genes_per_token)
         self.t_embed = TimestepEmbedder(cfg.hidden)
         self.dit = GeneDiT(n_genes, cfg.hidden, cfg.depth, cfg.heads, cfg.mlp_ratio, 1, gpt)
+        self.context: nn.Sequential
         if self.graph is not None:
             self.context = nn.Sequential(nn.Linear(n_genes, cfg.d_gene), nn.SiLU(), nn.Linear(cfg.d_gene, cfg.hidden))
         else:  # flag-no-graph: the image embedding itself is the condition (Stem-like)
             self.context = nn.Sequential(nn.Linear(cond_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cfg.hidden))
-        for lin in (self.context[0], self.context[2]):
+        # cast: indexing a Sequential is typed Module; these are its Linear layers
+        for lin in cast("tuple[nn.Linear, ...]", (self.context[0], self.context[2])):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
-        for lin in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+        for lin in cast("tuple[nn.Linear, ...]", (self.t_embed.mlp[0], self.t_embed.mlp[2])):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
         self.align_layer, self.time_scale = cfg.align_layer, cfg.time_scale
@@ -87,11 +90,12 @@ class FlagNet(nn.Module):
                 ctx = self.context(node[mask])
             else:
                 ctx = self.spot_context(cond_v, cond_e, mask)
+        assert self.dit is not None  # only the graph-score roles go without, and they returned above
         B, N, G = x_t.shape
         tt = (t[:, None].expand(B, N) if t.dim() == 1 else t)[mask]
         want = self.align_layer if (capture and self.projector is not None) else None
         out, h = self.dit(x_t[mask], self.t_embed(tt * self.time_scale) + ctx, capture_layer=want)
         full = x_t.new_zeros(B, N, G)
         full[mask] = out[..., 0].to(full.dtype)
-        z = self.projector(h, G) if want is not None else None
+        z = self.projector(h, G) if want is not None and self.projector is not None else None
         return full, edge_out, z

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from flag_bench.datasets.encoders import Encoder
 from flag_bench.errors import UserError
+from flag_bench.methods.triplex.config import missing_weights_message
 from flag_bench.safeload import load_weights
 from flag_bench.methods.common.images import normalise, tiles_to_tensor
 
@@ -76,12 +77,6 @@ class SmallConv(nn.Module):
         return self.net(x)
 
 
-def missing_weights_message(path: str | None) -> str:
-    what = "no ciga_weights set" if not path else f"ciga_weights {path} does not exist"
-    return (f"method 'triplex': the ResNet-18 encoders need Ciga et al.'s local tenpercent_resnet18.ckpt ({what}); "
-            "set [methods.triplex] ciga_weights = '/path/to/tenpercent_resnet18.ckpt' or use the small preset")
-
-
 def load_ciga_resnet18(path: str | None) -> ResNet18:
     """ResNet-18 with Ciga et al.'s weights from a local file; never a silent random init."""
     if not path or not Path(path).is_file():
@@ -125,7 +120,7 @@ class CigaResNet18(Encoder):
     def __init__(self, path: str):
         self.path = path
         self.version = "w" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
-        self._net = None
+        self._net: nn.Module | None = None
 
     def _encode_batch(self, tiles: np.ndarray, device: str) -> np.ndarray:
         if self._net is None:

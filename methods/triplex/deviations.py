@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 def deviations(cfg, train, val, official_size: dict, values: dict) -> dict:
-    dev = {"validation": ("a training slide carved by the harness (official: the test fold)" if val is not None
+    dev: dict[str, object] = {"validation": ("a training slide carved by the harness (official: the test fold)" if val is not None
                           else "none given: last epoch kept (official: the test fold)"),
            "grid": "inferred from um coordinates with per-axis lattice steps, merges counted (official: pixel "
                    "coordinates / 20, unique counts, min-max rescale)",

@@ -12,6 +12,7 @@ counted (``Grid.collisions``) and recorded, never hidden.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -107,8 +108,9 @@ def smooth_targets(grid: Grid, y: np.ndarray) -> np.ndarray:
     r, c = grid.index[:, 1] + 1, grid.index[:, 0] + 1
     np.add.at(sums, (r, c), np.asarray(y, dtype=np.float64))
     np.add.at(counts, (r, c), 1.0)
-    box_s = sum(sums[1 + a:h + 1 + a, 1 + b:w + 1 + b] for a in (-1, 0, 1) for b in (-1, 0, 1))
-    box_n = sum(counts[1 + a:h + 1 + a, 1 + b:w + 1 + b] for a in (-1, 0, 1) for b in (-1, 0, 1))
+    # cast: sum() of no arrays would be 0; there are always nine here
+    box_s = cast(np.ndarray, sum(sums[1 + a:h + 1 + a, 1 + b:w + 1 + b] for a in (-1, 0, 1) for b in (-1, 0, 1)))
+    box_n = cast(np.ndarray, sum(counts[1 + a:h + 1 + a, 1 + b:w + 1 + b] for a in (-1, 0, 1) for b in (-1, 0, 1)))
     return (box_s[r - 1, c - 1] / box_n[r - 1, c - 1, None]).astype(np.float32)
 
 

@@ -21,8 +21,6 @@ from flag_bench.errors import UserError
 from flag_bench.methods.common.images import tiles_to_tensor
 from flag_bench.methods.triplex import geometry
 
-TARGET_NORMS = ("harness", "scprep_panel_log10", "panel_cpm_ln")
-
 
 @dataclass
 class Bank:

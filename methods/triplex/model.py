@@ -3,6 +3,8 @@ shared cross-attention fusion, four linear heads (fusion, target, neighbour, glo
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -15,7 +17,8 @@ class TriplexNet(nn.Module):
         d = cfg.emb_dim
         self.clamp = cfg.clamp_outputs
         self.trunk = trunk
-        self.target_linear = nn.Linear(trunk.channels, d)
+        # cast: every target trunk (backbones.py) gives its output width as an int ``channels``
+        self.target_linear = nn.Linear(cast(int, trunk.channels), d)
         # the official streams read 512-d ResNet-18 features at emb_dim 512 directly; another
         # width (EfficientNet-Lite0's 1,280, a PCA) needs a projection, recorded as a deviation
         same = feat_dim == d and not cfg.feature_projection

@@ -74,10 +74,16 @@ def predict_bank(net, bank: Bank, dev, chunk: int, amp: bool) -> np.ndarray:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, net.fc.out_features), np.float32)
 
 
+def _targets(bank: Bank) -> torch.Tensor:
+    if bank.targets is None:  # only a test bank comes without them
+        raise ValueError("a training or validation bank needs targets")
+    return bank.targets
+
+
 def val_scores(net, bank: Bank, dev, amp: bool) -> tuple[float, float]:
     """(mean per-gene PCC, MSE) of the fusion output on the validation bank."""
     pred = predict_bank(net, bank, dev, 1024, amp)
-    y = bank.targets.numpy()
+    y = _targets(bank).numpy()
     r, valid = pearson_columns(y, pred)
     return (float(np.nanmean(r)) if valid.any() else 0.0), float(np.mean((pred - y) ** 2))
 
@@ -85,13 +91,14 @@ def val_scores(net, bank: Bank, dev, amp: bool) -> tuple[float, float]:
 def _epoch(method, net, opt, bank: Bank, s: Schedule, dev, gen) -> tuple[float, dict]:
     net.train()
     perm = torch.randperm(len(bank.feats), generator=gen)
-    total, seen, logs = 0.0, 0, {}
+    total, seen = 0.0, 0
+    logs: dict = {}
     for a in range(0, len(perm), s.batch_size):
         idx = perm[a:a + s.batch_size]
         inputs = batch_inputs(net, bank, idx, dev, gen if s.augment else None)
         with training.autocast(str(dev), s.amp):
             preds = net(*inputs)
-        loss, logs = triplex_loss(preds, bank.targets[idx].to(dev), s.alpha)
+        loss, logs = triplex_loss(preds, _targets(bank)[idx].to(dev), s.alpha)
         training.check_finite(loss, method.card.name, a)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,7 +112,8 @@ def fit_loop(method, net, bank: Bank, val: Bank | None, s: Schedule, dev, gen) -
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=s.plateau_factor,
                                                          patience=s.plateau_patience)
     t0 = time.perf_counter()
-    best, best_state, best_epoch, bad, curve, done, stopped, logs = -math.inf, None, None, 0, [], 0, False, {}
+    best, best_state, best_epoch, bad, curve, done, stopped = -math.inf, None, None, 0, [], 0, False
+    logs: dict = {}
     for epoch in method.track(range(s.epochs), s.epochs, "train"):
         loss, logs = _epoch(method, net, opt, bank, s, dev, gen)
         done = epoch + 1
