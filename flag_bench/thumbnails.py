@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from flag_bench import resolve
 from flag_bench.catalog import DATASETS
 from flag_bench.errors import UserError
 from flag_bench.spec import DatasetSpec
@@ -44,13 +45,9 @@ def thumbnail(dataset_spec: str, slide: str, coords: np.ndarray) -> tuple[Any, A
     return region, (center[0] - half, center[0] + half, center[1] + half, center[1] - half), ""
 
 
-_DS_MEMO: dict[str, Any] = {}
-
-
 def _load(spec: DatasetSpec):
-    if spec.key not in _DS_MEMO:
-        try:
-            _DS_MEMO[spec.key] = DATASETS.get(spec.name)(**spec.kwargs())
-        except UserError as exc:  # a dataset whose file moved: the maps still draw, the caption says why
-            _DS_MEMO[spec.key] = f"dataset {spec.key} did not load ({exc})"
-    return _DS_MEMO[spec.key]
+    """The dataset through the run's resolver (its bounded memo), or why it did not load."""
+    try:
+        return resolve.dataset(spec)
+    except UserError as exc:  # a dataset whose file moved: the maps still draw, the caption says why
+        return f"dataset {spec.key} did not load ({exc})"
