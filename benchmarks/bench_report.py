@@ -56,6 +56,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from flag_bench.leaderboard.content import build_content
+    from flag_bench.thumbnails import thumbnail
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from report_demo import write_demo_store
     from flag_bench.leaderboard.html import render_html
@@ -80,7 +81,7 @@ def main() -> None:
         t_model, lb = _timed(lambda: build(frame, columns=("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc",
                                                             "moran_abs_err"), costs=True,
                                            notes=gather(res, root)), args.repeats)
-        t_content, content = _timed(lambda: build_content(res, lb), args.repeats)
+        t_content, content = _timed(lambda: build_content(res, lb, thumbnail=thumbnail), args.repeats)
         t_html, text = _timed(lambda: render_html(content), args.repeats)
         size = len(text.encode("utf-8"))
         print(f"[{source}] {len(frame)} cells, {len(content.figures)} figures: read {t_load:.2f} s, model "
