@@ -117,6 +117,9 @@ class SpatialDataset:
     # slide ids the default leave-one-slide-out protocol tests on (None = all slides)
     default_test_slides: tuple[str, ...] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # loaded for prediction only (`flag-bench predict`): counts neither read nor served, every
+    # slide's counts an empty (n_spots, 0) matrix and no gene pool; a fold refuses to train on it
+    image_only: bool = False
 
     def slide(self, slide_id: str) -> Slide:
         for s in self.slides:
@@ -136,11 +139,11 @@ class SpatialDataset:
     def capabilities(self) -> frozenset[str]:
         """What this dataset can serve, from ``CAPABILITIES``.
 
-        Coordinates, training counts and whole-slide context come with every slide; image
-        inputs (tiles, embeddings, regions composed from tiles) only when every slide has a
-        reader, since a fold may test on any slide.
+        Coordinates, training counts and whole-slide context come with every slide (counts not
+        when the dataset was loaded image-only); image inputs (tiles, embeddings, regions composed
+        from tiles) only when every slide has a reader, since a fold may test on any slide.
         """
-        caps = {"coords", "counts", "slide_context"}
+        caps = {"coords", "slide_context"} | (set() if self.image_only else {"counts"})
         if self.slides and all(s.tile_reader is not None for s in self.slides):
             caps |= {"tiles", "embeddings", "region"}
         return frozenset(caps)
@@ -165,3 +168,23 @@ class SpatialDataset:
             "spot_diameter_um": s.spot_diameter_um,
         }
         return adata
+
+
+def no_counts(n_spots: int) -> sp.csr_matrix:
+    """The count matrix of an image-only slide: int32 CSR (n_spots, 0), so ``n_spots`` holds."""
+    return sp.csr_matrix((int(n_spots), 0), dtype=np.int32)
+
+
+def drop_counts(ds: SpatialDataset) -> SpatialDataset:
+    """``ds`` as an image-only dataset: the same slides, images and coordinates, no counts and no
+    gene pool (for a loader that can only read its counts, then drop them). The version changes
+    with the mode (a content hash of what is served)."""
+    import dataclasses
+    import hashlib
+
+    if ds.image_only:
+        return ds
+    slides = tuple(dataclasses.replace(s, counts=no_counts(s.n_spots)) for s in ds.slides)
+    version = hashlib.sha256(f"{ds.version}|image-only".encode()).hexdigest()[:12]
+    return dataclasses.replace(ds, slides=slides, genes=(), gene_ids=(), version=version, image_only=True,
+                               meta={**ds.meta, "image_only": True})

@@ -39,6 +39,12 @@ TARGET_TRANSFORMS: Mapping[TargetTransform, Callable[[np.ndarray, np.ndarray], n
     TargetTransform.LOG2P1: lambda c, library: np.log2(1.0 + c),  # FLAG's and Stem's log2(1 + count)
     TargetTransform.LOG1P_CPM: lambda c, library: np.log1p(c / np.maximum(library, 1.0)[:, None] * 1e6),
 })
+# what a value in target space is, in words (a prediction file says which it holds)
+TARGET_MEANINGS: Mapping[TargetTransform, str] = MappingProxyType({
+    TargetTransform.LOG1P: "natural log of (1 + UMI count)",
+    TargetTransform.LOG2P1: "log2 of (1 + UMI count)",
+    TargetTransform.LOG1P_CPM: "natural log of (1 + counts per million of the spot's total over the gene pool)",
+})
 
 
 def transform_counts(counts: np.ndarray, library: np.ndarray, how: TargetTransform | str) -> np.ndarray:
@@ -114,6 +120,9 @@ class FoldBuilder:
         """The fold's panel: fitted on every non-test slide, in dataset order, once."""
         if selector.name != spec.panel.kind:
             raise ValueError(f"selector '{selector.name}' does not implement panel spec '{spec.panel}'")
+        if self.ds.image_only:
+            raise UserError(f"dataset {self.ds.name} was loaded image-only (no counts): it serves prediction "
+                            "(flag-bench predict), not a fold to train or score on; load it with its counts")
         wanted = set(spec.fold.non_test)
         non_test = tuple(s for s in self.ds.slide_ids if s in wanted)
         if len(non_test) != len(wanted):
@@ -146,7 +155,8 @@ class FoldBuilder:
             return TrainData(**common, slides=tuple(slides))
 
         fold = spec.fold
-        test = TestData(**common, slides=tuple(SlideInput(**self._inputs(s, embeddings)) for s in fold.test))
+        test = self.test_data(fold.test, genes=panel.genes, gene_ids=common["gene_ids"], target_transform=how,
+                              embeddings=embeddings)
         return FoldViews(
             train=train_data(fold.train),
             val=train_data(fold.val) if fold.val else None,
@@ -157,6 +167,19 @@ class FoldBuilder:
             truth_counts=tuple(self._slide_expression(panel, s, how)[0] for s in fold.test),
             truth_libraries=tuple(self._library_of(self.ds.slide(s)) for s in fold.test),
         )
+
+    def test_data(self, slide_ids: Sequence[str], *, genes: Sequence[str], gene_ids: Sequence[str] | None,
+                  target_transform: TargetTransform | str, embeddings: bool) -> TestData:
+        """The TestData of ``slide_ids`` for a method predicting ``genes`` (in that column order):
+        what a cell's test fold hands ``predict``, and all ``flag-bench predict`` hands a saved
+        model (no counts needed: image-only datasets too). ``gene_ids`` None -> "" each."""
+        genes = tuple(str(g) for g in genes)
+        ids = ("",) * len(genes) if gene_ids is None else tuple(str(g) for g in gene_ids)
+        if len(ids) != len(genes):
+            raise ValueError(f"{len(ids)} gene ids for {len(genes)} genes")
+        return TestData(genes=genes, gene_ids=ids, target_transform=TargetTransform(target_transform).value,
+                        dataset=self.ds.name,
+                        slides=tuple(SlideInput(**self._inputs(s, embeddings)) for s in slide_ids))
 
     def _slide_expression(self, panel: GenePanel, sid: str, how: TargetTransform) -> tuple[np.ndarray, np.ndarray]:
         """Read-only (int32 panel counts, float32 targets) of one slide, memoised."""

@@ -4,6 +4,9 @@ Everything comes from the package data file ``data/her2st_mini.h5`` (built by
 ``scripts/build_her2st_mini.py``); nothing is downloaded and no other folder is read. Counts,
 coordinates and metadata are read eagerly (small); patches are stored as one JPEG per spot
 covering a fixed field and are decoded lazily, per request, by ``Slide.tile_reader``.
+
+Image-only mode (``load(image_only=True)``, for ``flag-bench predict``): the same file, its
+counts and gene list left unread (every slide an empty (n_spots, 0) count matrix).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
+from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset, no_counts
 from flag_bench.errors import UserError
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "her2st_mini.h5"
@@ -126,17 +129,21 @@ class JpegTileReader:
         return _decode(blobs, self.stored_um, patch)
 
 
-def _read_slide(g: h5py.Group, sid: str, reader: JpegTileReader) -> Slide:
-    c = g["counts"]
-    counts = sp.csr_matrix(
-        (c["data"][()], c["indices"][()], c["indptr"][()]), shape=tuple(int(v) for v in c.attrs["shape"])
-    )
+def _read_slide(g: h5py.Group, sid: str, reader: JpegTileReader, image_only: bool = False) -> Slide:
+    barcodes = _str_array(g["barcodes"])
+    if image_only:
+        counts = no_counts(len(barcodes))
+    else:
+        c = g["counts"]
+        counts = sp.csr_matrix(
+            (c["data"][()], c["indices"][()], c["indptr"][()]), shape=tuple(int(v) for v in c.attrs["shape"])
+        )
     ga = g.attrs
     return Slide(
         id=sid,
         patient=str(ga["patient"]),
         counts=counts,
-        barcodes=_str_array(g["barcodes"]),
+        barcodes=barcodes,
         coords=g["coords"][()].astype(np.float64),
         pixel_size_um=float(ga["pixel_size_um"]),
         spot_diameter_um=float(ga["spot_diameter_um"]),
@@ -151,10 +158,11 @@ def _read_slide(g: h5py.Group, sid: str, reader: JpegTileReader) -> Slide:
     )
 
 
-def load(path: str | os.PathLike | None = None) -> SpatialDataset:
+def load(path: str | os.PathLike | None = None, *, image_only: bool = False) -> SpatialDataset:
     """Load her2st-mini: 6 slides (B4; C2-C6), 2 patients, one pool of >= 2,000 genes.
 
-    ``path`` overrides the package data file (tests, rebuilt files).
+    ``path`` overrides the package data file (tests, rebuilt files); ``image_only`` leaves the
+    counts and genes unread (module docstring).
     """
     p = Path(path) if path is not None else DATA_FILE
     given = f"--datasets her2st-mini:path={path}" if path is not None else str(p)
@@ -163,21 +171,26 @@ def load(path: str | os.PathLike | None = None) -> SpatialDataset:
                "embedded one") if path is not None else "reinstall flag-bench or rebuild it with scripts/build_her2st_mini.py"
         raise UserError(f"{given}: her2st-mini data file {p} does not exist; {fix}")
     try:
-        return _load_file(p)
+        return _load_file(p, image_only)
     except (OSError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{given}: {p} is not an her2st-mini HDF5 file ({first}); give the file "
                         "scripts/build_her2st_mini.py writes, or drop path= to use the embedded one") from None
 
 
-def _load_file(p: Path) -> SpatialDataset:
+def _load_file(p: Path, image_only: bool = False) -> SpatialDataset:
     version = file_version(p)
+    genes: tuple[str, ...] = ()
+    gene_ids: tuple[str, ...] = ()
     with h5py.File(p, "r") as f:
         a = dict(f.attrs)
-        genes = tuple(str(g) for g in _str_array(f["genes"]))
-        gene_ids = tuple(str(g) for g in _str_array(f["gene_ids"]))
+        if image_only:  # another version: a dataset that serves other things is another dataset
+            version = hashlib.sha256(f"{version}|image-only".encode()).hexdigest()[:12]
+        else:
+            genes = tuple(str(g) for g in _str_array(f["genes"]))
+            gene_ids = tuple(str(g) for g in _str_array(f["gene_ids"]))
         reader = JpegTileReader(p, float(a["patch_um"]), int(a["patch_px"]))
-        slides = [_read_slide(f["slides"][sid], str(sid), reader) for sid in f["slides"]]
+        slides = [_read_slide(f["slides"][sid], str(sid), reader, image_only) for sid in f["slides"]]
     order = {"B4": 0, "C2": 1, "C3": 2, "C4": 3, "C5": 4, "C6": 5}
     slides.sort(key=lambda s: (order.get(s.id, len(order)), s.id))
     return SpatialDataset(
@@ -203,5 +216,7 @@ def _load_file(p: Path) -> SpatialDataset:
             "data_file": str(p),
             # public corpora these sections belong to (HEST-1k redistributes the her2st sections)
             "corpora": ("HER2ST", "HEST-1k"),
+            **({"image_only": True} if image_only else {}),
         },
+        image_only=image_only,
     )

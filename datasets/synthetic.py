@@ -19,6 +19,9 @@ Generative story, per slide:
 
 Everything is a pure function of the parameters (and ``GENERATOR_VERSION``), which is what the
 dataset version hashes. Tiles are rendered on request at any ``PatchSpec``.
+
+Image-only mode (``load(image_only=True)``): the same slides and tiles; the counts are generated
+(the image states come from the same draws) and then dropped (``base.drop_counts``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset
+from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset, drop_counts
 from flag_bench.errors import UserError
 
 GENERATOR_VERSION = "1"
@@ -263,8 +266,10 @@ def _slide(p: dict[str, Any], prog: _Programmes, xy: np.ndarray, s: int) -> tupl
     return fields, state
 
 
-def load(**params: Any) -> SpatialDataset:
-    """Generate the dataset. Parameters (all keyword): see ``PARAMS``; unknown -> UserError."""
+def load(*, image_only: Any = False, **params: Any) -> SpatialDataset:
+    """Generate the dataset. Parameters (all keyword): see ``PARAMS``; unknown -> UserError.
+    ``image_only`` (a bool, typed Any so that callers may splat a dict of int parameters):
+    without counts (module docstring)."""
     p = validate(params)
     prog = _programmes(p)
     xy = grid_positions(p["spots_per_slide"], p["grid"])
@@ -277,7 +282,7 @@ def load(**params: Any) -> SpatialDataset:
     reader = SyntheticTileReader(states, stains, p["seed"])
     G = p["n_genes"]
     gwidth = max(4, len(str(G)))
-    return SpatialDataset(
+    ds = SpatialDataset(
         name=NAME,
         version=version_of(p),
         slides=tuple(
@@ -293,3 +298,4 @@ def load(**params: Any) -> SpatialDataset:
         default_split="slide",
         meta={"params": p, "generator_version": GENERATOR_VERSION},
     )
+    return drop_counts(ds) if bool(image_only) else ds

@@ -164,4 +164,14 @@ METRICS: Registry = Registry(
     },
 )
 
-ALL = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "encoders": ENCODERS, "panels": PANELS}
+# gene-set files for pathway scores (--gene-sets NAME): each entry a package resource pinned by its
+# sha256 (flag_bench.gene_sets.GeneSetEntry), checked whenever it is loaded
+GENE_SETS: Registry = Registry(
+    "gene_sets",
+    {
+        "her2-breast": "flag_bench.gene_sets:HER2_BREAST",
+    },
+)
+
+ALL = {"methods": METHODS, "datasets": DATASETS, "metrics": METRICS, "encoders": ENCODERS, "panels": PANELS,
+       "gene_sets": GENE_SETS}

@@ -163,7 +163,8 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
     preds = check_predictions(cell.method, preds, views.test)
     scores, per_slide, per_gene, notes = score_cell(preds, views.truths, views.test, cell.seed, views.annotations,
                                                     counts=views.truth_counts, libraries=views.truth_libraries,
-                                                    target_transform=views.test.target_transform)
+                                                    target_transform=views.test.target_transform,
+                                                    gene_sets=task.gene_sets)
     if samples is not None:
         scores.update(score_samples(samples, views.truths, views.test, cell.seed, views.annotations,
                                     target_transform=views.test.target_transform))
@@ -174,6 +175,11 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
         Path(task.artifact_dir), cell_json={"cell_id": cell.cell_id, **dataclasses.asdict(cell)},
         config_json=jsonable(dataclasses.asdict(task.config)), test=views.test, genes=panel.genes,
         preds=preds, per_gene=per_gene)  # no truth beside the predictions: a later cell could read it
+    if task.save_models:
+        stage[0] = "save model"
+        t4 = time.perf_counter()
+        artifacts = (*artifacts, _save_model(task, method, panel.genes, views.test.gene_ids))
+        costs["save_model_seconds"] = time.perf_counter() - t4
     costs["total_seconds"] = time.perf_counter() - t0
     costs["overhead_seconds"] = costs["total_seconds"] - costs["fit_seconds"] - costs["predict_seconds"]
     return dict(
@@ -182,6 +188,15 @@ def _compute(task: CellTask, on_event: EventSink, stage: list[str]) -> dict[str,
         panel=PanelInfo(panel.panel_id, tuple(panel.genes), panel.selector, tuple(panel.train_slides),
                         jsonable(panel.stats)),
     )
+
+
+def _save_model(task: CellTask, method, genes, gene_ids) -> str:
+    """``--save-models``: the fitted method (or, under --isolate, the state its child sent back)
+    in ``<artifact_dir>/model``; the name the record's artifacts list."""
+    from flag_bench.models import MODEL_DIR, save_model
+
+    save_model(method, Path(task.artifact_dir) / MODEL_DIR, task=task, panel_genes=genes, gene_ids=gene_ids)
+    return MODEL_DIR
 
 
 def _selector(task: CellTask):

@@ -49,6 +49,7 @@ class Contract:
             ("inputs unchanged", self.inputs_unchanged),
             ("deterministic", self.deterministic),
             ("draws average to the prediction", self.draws),
+            ("save/load, same numbers", self.saved),
             ("TestData holds no truth", self.walk),
             ("ignores test truth", self.scramble),
         ]
@@ -194,6 +195,36 @@ class Contract:
                 raise Failed(f"slide {s.slide_id}: the mean of the {x.shape[0]} draws differs from predict's "
                              f"output by up to {float(np.abs(mean - p).max()):.3g}")
         return f"{draws[0].shape[0]} draw(s) per slide"
+
+    def saved(self) -> str:
+        """The fitted method saved (``save_state``, through the files a saved model keeps) and
+        rebuilt in a fresh object (``from_state``) predicts the same numbers, bit for bit: what
+        ``--save-models`` keeps is what was scored, and ``flag-bench predict`` applies it."""
+        import tempfile
+        from pathlib import Path
+
+        from flag_bench.methods.common.state import saving_refusal
+        from flag_bench.models import read_state, write_state
+
+        preds = self._predictions()
+        why = saving_refusal(self.cls, self.name)
+        if why:
+            return "saving not supported: --save-models refuses this method (implement save_state and from_state)"
+        fitted = self._fitted()
+        state = fitted.save_state()
+        with tempfile.TemporaryDirectory(prefix="flag-bench-check-model-") as tmp:
+            write_state(state, Path(tmp))
+            state = read_state(Path(tmp), state.meta)
+        loaded = self.cls.from_state(state, fitted.config, seed=fitted.seed, device=fitted.device)
+        again = loaded.predict(self.views.test)
+        for a, b, s in zip(preds, again, self.views.test.slides):
+            if not (isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)):
+                diff = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()) \
+                    if np.shape(a) == np.shape(b) else float("nan")
+                raise Failed(f"slide {s.slide_id}: the model rebuilt by from_state(save_state()) predicts differently "
+                             f"(max |difference| {diff:.3g}); save every attribute predict reads, and draw with "
+                             "self.seed_streams(k)")
+        return f"{len(state.tensors)} tensor(s) saved; same predictions after loading"
 
     def walk(self) -> str:
         views = self.views if self.views is not None else fold_views(self.cls, self.ds)

@@ -114,6 +114,15 @@ class RunConfig:
                            help="Fit and predict each cell in a fresh process that receives only the method's "
                                 "inputs (no dataset, no test truth, no caller frames); scoring stays here. Same "
                                 "numbers; a few seconds more per cell: a fresh Python importing torch")
+    # each cell's fitted method kept under artifacts/<cell_id>/model/ (flag_bench/models.py), for
+    # `flag-bench predict`; what is computed is the same, so never part of a cell's identity
+    save_models: bool = option(False, cli=SWITCH, grid=False,
+                               help="Keep each cell's fitted model (safetensors weights, config and card) for "
+                                    "`flag-bench predict --model CELL_ID`")
+    # pathway scores (flag_bench/gene_sets.py, metrics/pathways.py): part of what a cell scores
+    gene_sets: str | None = option(None, default_text="none",
+                                   help="Gene sets scored as pathways (pathway_pcc): file:SETS.gmt or a registered "
+                                        "set's name")
     # per-method overrides of the preset's config fields: only from a config file's [methods.NAME]
     method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

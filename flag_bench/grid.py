@@ -35,6 +35,9 @@ class Cell:
     encoder: str
     patch: str
     protocol_version: str = PROTOCOL_VERSION
+    # the gene sets scored as pathways (flag_bench.gene_sets.GeneSets.identity: name@sha256, never a
+    # path); "" for none, and then left out of the hash so every cell id from before stays the same
+    gene_sets: str = ""
 
     @property
     def cell_id(self) -> str:
@@ -42,6 +45,8 @@ class Cell:
         # a file panel is identified by its content hash (in panel_params), not by its path
         if self.panel.startswith("file:"):
             d["panel"] = "file"
+        if not self.gene_sets:
+            del d["gene_sets"]
         return short_hash(d, n=16)
 
     def as_params(self) -> dict[str, str]:
@@ -65,4 +70,5 @@ class Cell:
             "encoder": self.encoder,
             "patch": self.patch,
             "protocol_version": self.protocol_version,
+            **({"gene_sets": self.gene_sets} if self.gene_sets else {}),
         }

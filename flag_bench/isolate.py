@@ -58,6 +58,7 @@ class ChildTask:
     config: Any
     device: str
     isolate: bool = False  # the child runs the cell in its own process
+    save_models: bool = False  # the child sends back the fitted state (Method.save_state) too
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,20 @@ class Job:
 class Fitted:
     """Stands in, in the parent, for the method fitted in the child: what the cell reads of it."""
 
-    def __init__(self, summary: Any, n_parameters: int | None):
+    def __init__(self, summary: Any, n_parameters: int | None, state: Any = None):
         self.summary = summary
         self._n = n_parameters
+        self._state = state
 
     def n_parameters(self) -> int | None:
         return self._n
+
+    def save_state(self) -> Any:
+        """The state the child captured (``--save-models``): the parent writes the model folder,
+        so the child, which holds the method, writes no file."""
+        if self._state is None:
+            raise CellFailure("--save-models: the isolated process sent back no fitted state")
+        return self._state
 
 
 class ChildTraceback(Exception):
@@ -94,7 +103,8 @@ class ChildTraceback(Exception):
 def job_of(task, views) -> Job:
     import torch
 
-    return Job(ChildTask(CellRef(task.cell.cell_id, int(task.cell.seed)), task.method_cls, task.config, task.device),
+    return Job(ChildTask(CellRef(task.cell.cell_id, int(task.cell.seed)), task.method_cls, task.config, task.device,
+                         save_models=bool(getattr(task, "save_models", False))),
                MethodInputs(views.train, views.val, views.test), threads=torch.get_num_threads())
 
 
@@ -139,7 +149,7 @@ def fit_predict_isolated(task, views, on_event: EventSink, stage: list[str]):
     costs["isolate_seconds"] = total - float(costs.get("fit_seconds", 0.0)) - float(costs.get("predict_seconds", 0.0))
     costs["isolate_send_seconds"] = (t_sent - t0) if t_sent is not None else None
     costs["isolate_input_mb"] = len(data) / 2**20
-    return Fitted(out["summary"], costs.get("n_parameters")), out["preds"], out["samples"], costs
+    return Fitted(out["summary"], costs.get("n_parameters"), out.get("state")), out["preds"], out["samples"], costs
 
 
 def _receive(conn, proc, task, on_event: EventSink, stage: list[str]) -> dict:
@@ -196,8 +206,12 @@ def _child_main(conn) -> None:
         from flag_bench.record import jsonable
 
         method, preds, samples, costs = _fit_predict(task, inputs, on_event, stage)
+        state = None
+        if task.save_models:
+            stage[0] = "save model"
+            state = method.save_state()  # tensors on the CPU, a skeleton as bytes
         send(("done", {"summary": jsonable(getattr(method, "summary", {}) or {}), "preds": preds, "samples": samples,
-                       "costs": costs}))
+                       "costs": costs, "state": state}))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         try:
             exc_bytes = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)

@@ -93,4 +93,33 @@ def provenance(device: str) -> dict[str, Any]:
         "flag_bench": __version__, "protocol_version": PROTOCOL_VERSION, "git_commit": commit,
         "git_dirty": dirty, "python": platform.python_version(), "platform": platform.platform(),
         "packages": vers, "device": device, "device_name": dev_name,
+        # with device_name, the hardware a merged leaderboard compares (BLAS kernels differ by CPU);
+        # records written before it lack the key
+        "cpu_model": cpu_model(),
     }
+
+
+def cpu_model() -> str | None:
+    """This machine's CPU model ("AMD EPYC 7763 64-Core Processor"), None where it cannot be told."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Processor") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def gpu_models() -> list[str]:
+    """The model of each CUDA device torch sees (empty without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

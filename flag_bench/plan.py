@@ -45,6 +45,10 @@ class CellTask:
     artifact_dir: str
     cache_dir: str | None = None
     isolate: bool = False  # fit/predict in a fresh process (flag_bench/isolate.py)
+    save_models: bool = False  # keep the fitted method in <artifact_dir>/model (flag_bench/models.py)
+    # the gene sets scored as pathways ((name, genes), ...), those that can reach MIN_GENES panel genes
+    # on this dataset; () when the run names no --gene-sets (cell.gene_sets holds their identity)
+    gene_sets: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def needs_embeddings(self) -> bool:
@@ -198,6 +202,33 @@ def _check_dataset(ds, spec: DatasetSpec, cfg: RunConfig, methods) -> dict[str, 
     return patch_card
 
 
+def _gene_sets(cfg: RunConfig):
+    """The run's --gene-sets, read and checked (a missing file, a malformed line or an unknown
+    name fails here, before any cell), or None."""
+    if cfg.gene_sets is None:
+        return None
+    from flag_bench.gene_sets import resolve_gene_sets
+
+    return resolve_gene_sets(cfg.gene_sets)
+
+
+def _dataset_gene_sets(gene_sets, ds, spec: DatasetSpec) -> tuple[tuple, dict[str, Any]]:
+    """-> (the sets that can be scored on ``ds``, the protocol card's entry); a set file none of whose
+    sets reaches MIN_GENES genes of the dataset's gene pool fails now (other symbols, another species)."""
+    if gene_sets is None:
+        return (), {}
+    from flag_bench.gene_sets import PROTOCOL_KEY
+    from flag_bench.metrics.pathways import MIN_GENES
+
+    sets = gene_sets.eligible(ds.genes, MIN_GENES)
+    if not sets:
+        sample = ", ".join(list(ds.genes)[:3])
+        raise UserError(f"--gene-sets {gene_sets.spec}: none of its {len(gene_sets.sets)} sets has {MIN_GENES} or "
+                        f"more genes among the {len(ds.genes)} candidate genes of dataset {spec.key}; use gene "
+                        f"symbols as the dataset names them (e.g. {sample})")
+    return sets, {PROTOCOL_KEY: gene_sets.card(MIN_GENES, len(sets))}
+
+
 def _select_folds(split, cfg: RunConfig, ds) -> tuple:
     folds = split.folds
     if cfg.folds is None:
@@ -206,6 +237,17 @@ def _select_folds(split, cfg: RunConfig, ds) -> tuple:
     if bad:
         raise UserError(f"--folds {bad[0]}: the {split.scheme} split of {ds.name} has folds 0..{len(folds) - 1}")
     return tuple(folds[i] for i in cfg.folds)
+
+
+def _check_saving(methods: Mapping[str, tuple[type[Method], Any]]) -> None:
+    """``--save-models`` with a method that cannot be saved (a plugin without save_state and
+    from_state, an oracle) fails here, before any cell is computed."""
+    from flag_bench.methods.common.state import saving_refusal
+
+    for name, (cls, _) in methods.items():
+        why = saving_refusal(cls, name)
+        if why:
+            raise UserError(f"--save-models: {why}")
 
 
 def isolation_provenance(provenance: Mapping[str, Any], method_cls, isolate: bool) -> Mapping[str, Any]:
@@ -237,18 +279,22 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
 
     encoder = resolve.encoder(cfg.encoder)
     methods = resolve_methods(cfg, light)
+    if cfg.save_models:
+        _check_saving(methods)
     selector = resolve.panel_selector(cfg.panel)  # a bad spec or panel file fails now
     panel_params = tuple(sorted(selector.params.items()))
     patch = PatchSpec(cfg.patch_um, cfg.patch_px)
     enc_info = encoder_info(encoder, patch)  # a missing weights path fails here
     enc_id = encoder_identity(encoder)
+    gene_sets = _gene_sets(cfg)
     tasks: list[CellTask] = []
     loaded = {}
     for spec in cfg.datasets:
         ds = loaded[spec.key] = load_dataset(spec)
         patch_card = _check_dataset(ds, spec, cfg, methods)
         split = make_split(ds, cfg.split, allow_patient_overlap=cfg.allow_patient_overlap)
-        protocol = {**protocol_card(cfg, split, enc_info), **patch_card}
+        ds_sets, sets_card = _dataset_gene_sets(gene_sets, ds, spec)
+        protocol = {**protocol_card(cfg, split, enc_info), **patch_card, **sets_card}
         corpora = tuple(ds.meta.get("corpora", ()) or ())
         for g in cfg.genes:
             for m, (cls, mcfg) in methods.items():
@@ -263,12 +309,13 @@ def plan_grid(cfg: RunConfig, *, device: str, provenance: Mapping[str, Any], res
                             config_hash=cls.config_hash(mcfg), split=split.scheme, fold=base_fold.name,
                             fold_train=fold.train, fold_val=fold.val, fold_test=fold.test, seed=int(seed),
                             target_transform=str(cfg.target_transform), encoder=enc_id, patch=patch.key(),
+                            gene_sets=gene_sets.identity if gene_sets is not None else "",
                         )
                         tasks.append(CellTask(
                             cell=cell, method_cls=cls, config=mcfg, overrides=dict(cfg.method_overrides.get(m, {})),
                             dataset=spec, fold=fspec, patch=patch, encoder=cfg.encoder, device=device,
                             protocol=mprotocol, provenance=isolation_provenance(provenance, cls, cfg.isolate),
                             artifact_dir=str(Path(results_dir) / "artifacts" / cell.cell_id), cache_dir=cache_dir,
-                            isolate=cfg.isolate,
+                            isolate=cfg.isolate, gene_sets=ds_sets, save_models=cfg.save_models,
                         ))
     return Plan(tasks, grid_spec(cfg), loaded)

@@ -41,19 +41,43 @@ def _memo():
 _DATASET_MEMO = _memo()
 
 
-def dataset(spec: DatasetSpec | str) -> SpatialDataset:
+def dataset(spec: DatasetSpec | str, *, image_only: bool = False) -> SpatialDataset:
     """The dataset behind a spec, loaded once per process (cells of one dataset share it) while
-    the memo's byte bound allows."""
+    the memo's byte bound allows.
+
+    ``image_only`` (``flag-bench predict``): the slides' images, spots and coordinates without
+    counts (``SpatialDataset.image_only``); a loader without that mode (a plugin's) reads its
+    counts and they are dropped."""
     spec = DatasetSpec.parse(spec)
 
     def load():
         loader = DATASETS.get(DATASETS.check(spec.name))
+        native = image_only and _takes_image_only(loader)
         try:
-            return loader(**spec.kwargs())
+            ds = loader(**spec.kwargs(), image_only=True) if native else loader(**spec.kwargs())
         except TypeError as exc:
             raise UserError(f"--datasets {spec.key}: {exc}") from None
+        if image_only and not native:
+            from flag_bench.datasets.base import drop_counts
 
-    return _DATASET_MEMO.get_or_compute(spec.key, load)
+            ds = drop_counts(ds)
+        return ds
+
+    # the two modes serve different things, so never one for the other; a full load keeps the
+    # bare spec key (callers forget a dataset by it: flag_bench/reproduce.py)
+    return _DATASET_MEMO.get_or_compute((spec.key, "image-only") if image_only else spec.key, load)
+
+
+def _takes_image_only(loader) -> bool:
+    """Whether a loader declares the ``image_only`` keyword (every built-in does)."""
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        return False
+    p = params.get("image_only")
+    return p is not None and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
 
 
 def encoder_resolver() -> RegisteredEncoders:

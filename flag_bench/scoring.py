@@ -124,20 +124,33 @@ def _slide_scores(metrics, y, p, ctx, notes: dict) -> tuple[dict[str, float], di
 
 def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, seed: int,
                annotations: Sequence[np.ndarray | None], *, counts: Sequence[np.ndarray] | None = None,
-               libraries: Sequence[np.ndarray] | None = None, target_transform: str = "log1p"):
+               libraries: Sequence[np.ndarray] | None = None, target_transform: str = "log1p",
+               gene_sets: Sequence[tuple[str, Sequence[str]]] = ()):
     """-> (cell scores, per-slide scores, per-slide per-gene vectors, notes).
 
     ``counts``/``libraries`` (the test slides' raw panel counts (N, G) and spot totals (N,)) add
-    the noise ceilings ``ceiling.<score>`` per slide and, averaged, per cell."""
+    the noise ceilings ``ceiling.<score>`` per slide and, averaged, per cell. ``gene_sets``
+    ((name, genes), ...; the run's --gene-sets) add ``pathway_pcc`` per slide and, averaged like
+    every slide score, per cell; the sets each slide scored are in the notes
+    (``<slide>.pathways.n_sets_scored``, and ``n_pathways_scored`` by slide)."""
     from flag_bench.metrics.base import SlideContext
 
     metrics = METRICS.load_all()
+    # the pathway metric is the run's, not a registered one: scored per slide like them, never pooled
+    # and given no noise ceiling (the ceilings of a registered metric's scores only)
+    extra: dict[str, Any] = {}
+    if gene_sets:
+        from flag_bench.metrics.pathways import pathway_metric
+
+        extra = {"pathways": pathway_metric(gene_sets)}
     per_slide: dict[str, dict[str, float]] = {}
     per_gene: dict[str, dict[str, np.ndarray]] = {}
     notes: dict[str, Any] = {}
     for i, (p, y, s, ctx) in enumerate(zip(preds, truths, test.slides,
                                            _contexts(test, seed, annotations, target_transform))):
         per_slide[s.slide_id], per_gene[s.slide_id] = _slide_scores(metrics, y, p, ctx, notes)
+        if extra:
+            per_slide[s.slide_id].update(_slide_scores(extra, y, p, ctx, notes)[0])
         if counts is not None and libraries is not None:
             ceil, why = _ceilings(counts[i], libraries[i], target_transform, ctx, metrics)
             per_slide[s.slide_id].update(ceil)
@@ -149,6 +162,8 @@ def score_cell(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], test, 
         # a slide whose score is NaN is left out of the mean: say over how many slides it is
         notes[f"n_slides.{k}"] = int(arr.size)
         notes[f"n_nan_slides.{k}"] = int(np.isnan(arr).sum())
+    if extra:
+        notes["n_pathways_scored"] = {s: notes.get(f"{s}.pathways.n_sets_scored", 0) for s in per_slide}
     yp = np.concatenate([p.astype(np.float64) for p in preds])
     yt = np.concatenate([y.astype(np.float64) for y in truths])
     pooled_ctx = SlideContext("pooled", None, test.genes, seed, None, target_transform=target_transform)

@@ -3,13 +3,19 @@ split, a gene panel chosen with the test slides, an encoder or method pretrained
 benchmark's own corpus, presets tuned on the dataset's test slides (the method card's
 ``tuned_on``), folds of several splits, encoders or target transforms pooled in one row, oracle
 rows computed from the truth, rows computed by different code versions, cells whose mean left out
-a test slide with a NaN score."""
+a test slide with a NaN score, rows computed on other hardware than most of the board's cells
+(``--from`` bundles: their records say where each cell ran)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from flag_bench.leaderboard.stats import reference_roles
+
+HARDWARE_MARK = "[hw{}]"
 
 
 def dataset_flags(res, g) -> tuple[str, ...]:
@@ -50,6 +56,7 @@ def dataset_flags(res, g) -> tuple[str, ...]:
         flags.append(f"null control rows ({', '.join(nulls)}) ignore the image or misplace expression: they show what "
                      "a metric gives a prediction that is wrong by construction; never ranked")
     flags.extend(_code_versions(res, g))
+    flags.extend(_hardware(res, g))
     flags.extend(_nan_slides(res, g))
     return tuple(flags)
 
@@ -126,6 +133,61 @@ def _nan_slides(res, g) -> list[str]:
         parts.append(f"{label}: {n} cell(s), {shown}")
     return ["fewer test slides averaged than the cells have (a slide's score was NaN and left out of the "
             "cell's mean): " + "; ".join(parts)]
+
+
+@dataclass(frozen=True)
+class HardwareMarks:
+    legend: tuple[tuple[str, str], ...] = ()  # (mark, hardware) of every mark a row carries
+    rows: Mapping[tuple[str, int, str, str], tuple[str, ...]] = field(default_factory=dict)  # row key -> marks
+
+
+def _most_common(counts: Counter) -> list[str]:
+    """Hardware, most cells first (ties by name, so every format and run agrees)."""
+    return sorted(counts, key=lambda h: (-counts[h], h))
+
+
+def hardware_marks(frame, hardware: Mapping[str, str]) -> HardwareMarks:
+    """Marks for the rows (dataset, G, method, config hash) with a cell computed on other hardware
+    than most cells of their dataset's board. Marks are numbered over the whole report, most cells
+    first ([hw1] the most common), so a mark means one machine on every board; a board whose cells
+    all ran on one machine gets none."""
+    sig = {cid: hardware[cid] for cid in frame["cell_id"] if cid in hardware} if len(frame) else {}
+    if len(set(sig.values())) < 2:
+        return HardwareMarks()
+    order = _most_common(Counter(sig.values()))
+    mark = {h: HARDWARE_MARK.format(i + 1) for i, h in enumerate(order)}
+    rows: dict[tuple[str, int, str, str], tuple[str, ...]] = {}
+    for ds, g in frame.groupby("dataset", sort=True):
+        counts = Counter(sig[cid] for cid in g["cell_id"] if cid in sig)
+        if len(counts) < 2:
+            continue
+        major = _most_common(counts)[0]
+        for (n_genes, method, config_hash), gg in g.groupby(["n_genes", "method", "config_hash"], sort=True):
+            others = {sig[cid] for cid in gg["cell_id"] if cid in sig} - {major}
+            if others:
+                rows[(str(ds), int(n_genes), str(method), str(config_hash))] = tuple(
+                    mark[h] for h in sorted(others, key=order.index))
+    used = {m for marks in rows.values() for m in marks}
+    return HardwareMarks(tuple((mark[h], h) for h in order if mark[h] in used), rows)
+
+
+def _hardware(res, g) -> list[str]:
+    """A board whose cells ran on several machines: which most of them ran on, and the others."""
+    hardware = getattr(res, "hardware", None)
+    if hardware is None:
+        return []
+    known = hardware()
+    counts = Counter(known[cid] for cid in g["cell_id"] if cid in known)
+    if len(counts) < 2:
+        return []
+    order = _most_common(Counter(known.values()))
+    mark = {h: HARDWARE_MARK.format(i + 1) for i, h in enumerate(order)}
+    major, *rest = _most_common(counts)
+    others = sorted(rest, key=order.index)
+    listed = "; ".join(f"{mark[h]} {h}: {counts[h]}" for h in others)
+    return [f"cells computed on {len(counts)} kinds of hardware: most on {major} ({counts[major]} of "
+            f"{sum(counts.values())} cells); rows marked {', '.join(mark[h] for h in others)} hold cells computed "
+            f"elsewhere ({listed}): their times differ, and their scores may differ in the last digits"]
 
 
 def all_flags(res, frame) -> dict[str, tuple[str, ...]]:

@@ -18,8 +18,8 @@ from flag_bench.leaderboard.content import Content, fmt_p, stat_key
 from flag_bench.leaderboard.figures import data_uri
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, Row, bound_values, calibration_note,
-                                          contended_legend, contended_mark, role_label, role_legend, short_name,
-                                          transform_tag)
+                                          contended_legend, contended_mark, hardware_legend, role_label, role_legend,
+                                          short_name, transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 from flag_bench.leaderboard.stats import CI_NOTE, MDE_NOTE, MIN_PAIRS, WILCOXON_NOTE, units
@@ -138,7 +138,8 @@ def leaderboard_section(c: Content) -> list[str]:
         out.append(f"<li>({esc(info.header)}) (<code>{esc(info.name)}</code>, not shown): {esc(info.description)}</li>")
     if lb.calibrated:
         out.append(f"<li><b>&lt;score&gt; cal</b>: {esc(CAL_LEGEND)}</li>")
-    out += [f"<li><b>{esc(mark)}</b>: {esc(text)}</li>" for mark, text in (*role_legend(lb), *contended_legend(lb))]
+    out += [f"<li><b>{esc(mark)}</b>: {esc(text)}</li>" for mark, text in (*role_legend(lb), *hardware_legend(lb),
+                                                                                    *contended_legend(lb))]
     out.append("</ul>")
     return out
 

@@ -13,6 +13,7 @@ is per configuration too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ from flag_bench.leaderboard.stats import reference_roles
 
 # structure scores the default legend describes, shown or not (--columns shows them)
 LEGEND_ALWAYS = ("gsc_frobenius", "gsc_cpm", "ssc@32")
-# ssc@32 (top-32 genes: noise on slides of a few hundred spots) is one --columns away
-DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "ari")
+# ssc@32 (top-32 genes: noise on slides of a few hundred spots) is one --columns away; a column
+# shows only where the results have it (pathway_pcc: cells run with --gene-sets), so boards without
+# it are unchanged
+DEFAULT_COLUMNS = ("pcc_mean", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "ari", "pathway_pcc")
 LEGEND = ("one row per method configuration; mean ± std over test folds, seeds averaged within each fold "
           "[95% bootstrap CI of the mean over folds]")
 TINY_WARNING = "tiny preset: for tests, scores are not meaningful"
@@ -75,6 +78,8 @@ class Row:
     transforms: tuple[str, ...] = ()  # the target transforms of its cells (one, unless pooled)
     tuned_on_test: tuple[str, ...] = ()  # test slides of this dataset whose scores chose its preset (card)
     contended: int = 0  # cells of this row timed on a busy machine (record costs.contended)
+    # marks of the hardware its cells ran on other than its board's most common (--from bundles)
+    hardware: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class Leaderboard:
     notes: Notes = field(default_factory=Notes)
     calibrated: tuple[str, ...] = ()  # scores with a calibrated column (Row.stats[cal_name(score)])
     hidden: tuple[ColumnInfo, ...] = ()  # structure scores the results hold but the table does not show
+    hardware: tuple[tuple[str, str], ...] = ()  # (mark, hardware) of the marks rows carry (flags.hardware_marks)
 
     @property
     def shown(self) -> tuple[str, ...]:
@@ -180,7 +186,7 @@ def short_name(score: str) -> str:
 
 SHORT = {"pcc_mean": "PCC", "pcc_pooled": "PCC pooled", "moran_abs_err": "Moran |ΔI|", "ssc_spot": "SSC spot",
          "lee_l": "Lee L", "gsc_cpm": "GSC cpm", "gsc_frobenius": "GSC frob", "gsc_spearman": "GSC rho",
-         "gsc": "GSC", "ssc": "SSC"}
+         "gsc": "GSC", "ssc": "SSC", "pathway_pcc": "PathPCC"}
 CAL_LEGEND = ("calibrated: (score - null) / (ceiling - null) per fold; null = the best image-free null control of "
               "the fold (random-spot, gene-prior), ceiling = the slide's split-half noise ceiling; 0 = no better "
               "than ignoring the image, 1 = as good as the counting noise allows")
@@ -224,16 +230,25 @@ def role_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
 
 
 def role_label(r: Row, label: str | None = None) -> str:
-    """A row's label with its reference mark ("random-spot [null]")."""
+    """A row's label with its reference mark ("random-spot [null]") and its hardware marks ("[hw2]")."""
     text = r.label if label is None else label
-    return f"{text} {ROLE_MARK[r.role]}" if r.role in ROLE_MARK else text
+    text = f"{text} {ROLE_MARK[r.role]}" if r.role in ROLE_MARK else text
+    return " ".join((text, *r.hardware))
+
+
+def hardware_legend(lb: "Leaderboard") -> list[tuple[str, str]]:
+    """(mark, text) for each hardware mark rows carry: one legend line each, in every format."""
+    return [(mark, f"computed on {hw}, not the hardware of most of its board's cells: times differ, and scores "
+                   "may differ in the last digits (other BLAS or GPU kernels)") for mark, hw in lb.hardware]
 
 
 def metric_outputs() -> dict:
-    """Score name -> its registered metrics.base.Output (direction, range, description)."""
+    """Score name -> its registered metrics.base.Output (direction, range, description), and the
+    pathway score's (metrics/pathways.py: built per run from its --gene-sets, not registered)."""
     from flag_bench.catalog import METRICS
+    from flag_bench.metrics.pathways import OUTPUTS as PATHWAY_OUTPUTS
 
-    return {o.name: o for m in METRICS.load_all().values() for o in m.outputs}
+    return {**{o.name: o for o in PATHWAY_OUTPUTS}, **{o.name: o for m in METRICS.load_all().values() for o in m.outputs}}
 
 
 def metric_direction() -> dict[str, bool | None]:
@@ -280,9 +295,13 @@ def protocol_line(protocol_json: str) -> str:
     if not p:
         return ""
     overlap = " (test patient also in train)" if p.get("patient_overlap") else ""
+    sets = p.get("gene_sets") or {}
+    # only where the cells scored gene sets, so the line of every other board is unchanged
+    pathways = (f" | pathways {sets.get('name')}@{str(sets.get('sha256', ''))[:12]} ({sets.get('n_sets')} sets, "
+                f">= {sets.get('min_genes')} panel genes)") if isinstance(sets, dict) and sets else ""
     return (f"protocol {p.get('protocol_version')}: target {p.get('target_transform')} | split "
             f"{p.get('split_description', p.get('split'))}{overlap} | panel {p.get('panel_selector')} | "
-            f"encoder {p.get('encoder')} | patch {p.get('patch')} | PCC {p.get('pcc_aggregation')}")
+            f"encoder {p.get('encoder')} | patch {p.get('patch')} | PCC {p.get('pcc_aggregation')}{pathways}")
 
 
 def resolve(frame, name: str) -> str:
@@ -370,13 +389,18 @@ def _curve(frame, metric: str, labels) -> tuple[tuple[int, ...], tuple[CurveRow,
 
 
 def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None, *, costs: bool = False,
-          notes: Notes | None = None, flags: Mapping[str, Sequence[str]] | None = None) -> Leaderboard:
+          notes: Notes | None = None, flags: Mapping[str, Sequence[str]] | None = None,
+          hardware: Mapping[str, str] | None = None) -> Leaderboard:
     """The results frame (``Results.frame()``) -> the leaderboard sorted by ``metric``.
 
     ``costs`` adds the cost columns (fit s, predict s, peak MB, params); ``notes`` (failed and
     planned-but-missing cells, from ``notes.gather``) are carried for the renderers to print, and
-    ``flags`` (dataset -> warnings, from ``flags.all_flags``) printed under each board.
+    ``flags`` (dataset -> warnings, from ``flags.all_flags``) printed under each board;
+    ``hardware`` (cell_id -> where it ran, ``Results.hardware``) marks rows computed elsewhere than
+    most of their board's cells.
     """
+    from flag_bench.leaderboard.flags import hardware_marks
+
     if frame.empty:
         raise UserError("no finished cells to report; run `flag-bench run` first")
     calibrated = calibrated_scores(frame)
@@ -390,15 +414,20 @@ def build(frame, metric: str = "pcc_mean", columns: Sequence[str] | None = None,
     labels = config_labels(frame)
     calibrated = tuple(m for m in calibrated if m in cols)  # the calibrated columns of the scores shown
     cal_cols = tuple(cal_name(m) for m in calibrated)
+    marks = hardware_marks(frame, hardware or {})
     boards = []
     for ds, g in frame.groupby("dataset", sort=True):
         lines = sorted({protocol_line(p) for p in g["protocol"]} - {""})
         genes, curve = _curve(g, metric, labels)
         rows = _rows(g, (*cols, *cal_cols, *cost_cols), labels, metric, higher)
+        if marks.rows:
+            rows = tuple(dataclasses.replace(r, hardware=marks.rows.get((str(ds), r.n_genes, r.method, r.config_hash),
+                                                                        ())) for r in rows)
         boards.append(DatasetBoard(str(ds), " / ".join(lines), rows, genes, curve,
                                    tuple((flags or {}).get(str(ds), ())), bounds(g, calibrated),
                                    board_verdicts(g, direction), _transforms(g)))
     # the default table's legend also describes the structure scores it leaves out; a --columns choice is the user's
     hidden = () if columns else tuple(column_info([c for c in LEGEND_ALWAYS if c in frame.columns and c not in cols]).values())
     return Leaderboard(metric, cols, {c: direction.get(c) for c in cols}, tuple(boards), cost_cols,
-                       column_info(cols, cost_cols, _transforms(frame)), notes or Notes(), calibrated, hidden)
+                       column_info(cols, cost_cols, _transforms(frame)), notes or Notes(), calibrated, hidden,
+                       marks.legend)

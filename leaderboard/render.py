@@ -20,7 +20,8 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, Stat,
-                                          bound_values, calibration_note, contended_legend, contended_mark, role_label,
+                                          bound_values, calibration_note, contended_legend, contended_mark,
+                                          hardware_legend, role_label,
                                           transform_tag, role_legend, short_name)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
@@ -111,7 +112,7 @@ def _md_legend(lb: Leaderboard) -> list[str]:
         out.append(f"- ({info.header}) (`{info.name}`, not shown: `--columns {info.name}`): {info.description}")
     if lb.calibrated:
         out.append(f"- **<score> cal**: {CAL_LEGEND}")
-    out += [f"- {mark}: {text}" for mark, text in role_legend(lb)]
+    out += [f"- {mark}: {text}" for mark, text in (*role_legend(lb), *hardware_legend(lb))]
     # a bare * would open Markdown emphasis
     out += [f"- \\{mark}: {text}" for mark, text in contended_legend(lb)]
     return out
@@ -153,7 +154,10 @@ def _csv_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> list[str]:
     # the units of mse/mae, and the test slides whose scores chose the row's preset (its card)
     cells += [transform_tag(r.transforms), " ".join(r.tuned_on_test)]
     # with the costs: whether (and in how many cells) they were timed on a busy machine
-    return cells + (["yes" if r.contended else "no", str(r.contended)] if lb.costs else [])
+    cells += ["yes" if r.contended else "no", str(r.contended)] if lb.costs else []
+    # rows computed on other hardware than most of their board's cells (--from bundles only)
+    hw = dict(lb.hardware)
+    return cells + (["; ".join(hw[m] for m in r.hardware)] if lb.hardware else [])
 
 
 # the location-sensitivity verdict of these scores, one CSV column each (empty: not assessed)
@@ -172,6 +176,7 @@ def to_csv(lb: Leaderboard, opts: RenderOptions) -> str:
     head += [f"{m}_location_sensitive" for m in VERDICT_COLUMNS]
     head += ["target_transform", "tuned_on_test_slides"]
     head += ["contended", "contended_cells"] if lb.costs else []
+    head += ["other_hardware"] if lb.hardware else []
     w.writerow(head)
     for board in lb.datasets:
         w.writerows(_csv_row(board, r, lb) for r in board.rows)
@@ -209,7 +214,8 @@ def _json_row(board: DatasetBoard, r: Row, lb: Leaderboard) -> dict:
             "config_label": r.config_label, "config_hash": r.config_hash, "cells": r.cells, "tiny": r.tiny,
             "scores": {c: _json_stat(r.stats[c]) for c in lb.shown}, "calibrated": cal,
             "location_sensitive": verdicts, "target_transform": transform_tag(r.transforms),
-            "tuned_on_test_slides": list(r.tuned_on_test), **busy}
+            "tuned_on_test_slides": list(r.tuned_on_test), **busy,
+            **({"other_hardware": [dict(lb.hardware)[m] for m in r.hardware]} if lb.hardware else {})}
 
 
 def to_json(lb: Leaderboard, opts: RenderOptions) -> str:
@@ -217,6 +223,7 @@ def to_json(lb: Leaderboard, opts: RenderOptions) -> str:
 
     doc = {"metric": lb.metric, "columns": list(lb.columns), "costs": list(lb.costs),
            "calibrated": list(lb.calibrated), "legend": LEGEND,
+           **({"hardware_marks": dict(lb.hardware)} if lb.hardware else {}),
            "boards": [{"dataset": b.dataset, "protocol": b.protocol, "flags": list(b.flags),
                        "rows": [_json_row(b, r, lb) for r in b.rows]} for b in lb.datasets],
            "tests": [tests_as_data(t) for t in opts.tests]}

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 from flag_bench.errors import UserError
 from flag_bench.record import COST_COLUMNS, INT_COLUMNS, ROW_COLUMNS
 from flag_bench.spec import ResultSource
-from flag_bench.leaderboard.sources import Loaded, from_mlflow, from_store
+from flag_bench.leaderboard.sources import Bundle, Loaded, from_bundles, from_mlflow, from_store, open_bundles
 
 # rows sort by what a reader scans for; cell_id makes the order total
 SORT_COLUMNS = ["dataset", "n_genes", "method", "config_hash", "fold", "seed", "cell_id"]
@@ -133,6 +133,21 @@ class Results:
         versions = self._loaded.versions
         return {cid: versions.get(cid) for cid in self._frame["cell_id"]}
 
+    def hardware(self) -> dict[str, str]:
+        """cell_id -> where each finished cell here was computed (``sources.hardware_signature``);
+        empty unless read from bundles (``load_bundles``), the only reports that mark hardware."""
+        hw = self._loaded.hardware
+        return {cid: hw[cid] for cid in self._frame["cell_id"] if cid in hw}
+
+    @property
+    def remarks(self) -> tuple[str, ...]:
+        """What a reader should hear about how these results were merged (on stderr)."""
+        return self._loaded.remarks
+
+    @property
+    def bundles(self) -> tuple[Bundle, ...]:
+        return self._loaded.bundles
+
     def nan_slides(self, cell_id: str) -> dict[str, tuple[int, int]]:
         """score -> (test slides whose score is NaN, test slides) for the scores whose cell mean left
         out some, not all, of the cell's slides (the mean then stands on fewer slides than it has)."""
@@ -215,3 +230,61 @@ def load_results(results_dir: str | Path, *, source: ResultSource | str = Result
     if tracking_uri is None and not db.exists():
         raise UserError(f"--results-dir {results_dir}: no mlflow.db here; use --source store or --tracking-uri")
     return Results(from_mlflow(tracking_uri or default_tracking_uri(results_dir), suite, results_dir))
+
+
+def load_bundles(paths: Iterable[str | Path], *, suite: str | None = None, flt=None) -> Results:
+    """One ``Results`` over bundles written by ``flag-bench export``, each verified against its
+    manifest first (``flag_bench.bundle.open_bundle``). Rows of two bundles that would share a
+    board (dataset x G; ``flt``, a filters.Filter, narrows which do) with different protocol
+    versions, dataset versions or panels are refused, naming both bundles and what differs."""
+    bundles = open_bundles(paths)
+    return Results(from_bundles(bundles, suite, flt))
+
+
+def bundle_notes(res: Results, suite: str | None = None):
+    """``notes.gather`` over every bundle of ``res``: the same failed and planned-but-missing cells
+    a report of each exported results dir lists, each planned cell counted once, and rerun
+    commands that name the exported results dir (its name: the bundle never holds its path)."""
+    from flag_bench.leaderboard.notes import EXAMPLES, MissingGroup, Notes, gather
+    from flag_bench.store import ResultsStore
+
+    planned: set[str] = set()  # cells an earlier bundle's plans named: listed once
+    failed: tuple = ()
+    groups: dict[str, tuple[int, list[str]]] = {}
+    running = 0
+    rerun: list[tuple[str, ...]] = []
+    for b in res.bundles:
+        notes = gather(_SeenAlso(res, frozenset(planned)), b.folder, suite=suite)
+        failed = notes.failed  # from the merged results: the same for every bundle
+        running += notes.running
+        for g in notes.missing:
+            count, examples = groups.get(g.label, (0, []))
+            groups[g.label] = (count + g.count, [*examples, *g.examples][:EXAMPLES])
+        for argv in notes.rerun:
+            i = argv.index("--results-dir") + 1
+            argv = (*argv[:i], b.results_dir_name, *argv[i + 1:])
+            if argv not in rerun:
+                rerun.append(argv)
+        planned |= {str(c["cell_id"]) for p in ResultsStore(b.folder).plans()
+                    if suite is None or str((p.get("grid_spec") or {}).get("suite", "default")) == suite
+                    for c in p.get("cells", []) if c.get("cell_id")}
+    missing = tuple(MissingGroup(label, n, tuple(ex)) for label, (n, ex) in sorted(groups.items()))
+    return Notes(failed, missing, running, tuple(rerun))
+
+
+class _SeenAlso:
+    """``res`` as ``notes.gather`` reads it, with ``extra`` cells counted as finished: planned
+    cells that an earlier bundle already lists."""
+
+    def __init__(self, res: Results, extra: frozenset[str]):
+        self._res, self._extra = res, extra
+        self.filter = res.filter
+
+    def frame(self):
+        return self._res.frame()
+
+    def failed(self):
+        return self._res.failed()
+
+    def all_finished(self) -> set[str]:
+        return self._res.all_finished() | self._extra

@@ -18,10 +18,18 @@ under that suite (``ResultsStore.plans()``), plus the cells whose record was com
 Both sources apply this one rule: the store to its records; MLflow to the cell runs of every
 flag-bench experiment (a cell is logged once, in the experiment of the suite that computed it),
 taking a run's suite from the record's protocol (its ``protocol`` param), else its experiment.
+
+Bundles (``flag-bench export``, flag_bench/bundle.py) are results stores: ``from_bundles`` reads
+each verified bundle with ``from_store`` and merges them (the first bundle holding a cell wins),
+after refusing two bundles that would put rows of different protocol versions, dataset versions,
+panels or gene sets on one board. It alone records where each cell ran (``hardware_signature``), which the
+report uses to mark rows computed on other hardware than most of their board's cells.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +61,11 @@ class Loaded:
     # cell_id -> its full CellRecord (what the row leaves out: panel stats); MLflow fetches an artifact
     record: Callable[[str], CellRecord] | None = None
     versions: dict[str, str | None] = field(default_factory=dict)  # cell_id -> record.code_version (None: unknown)
+    # --from bundles only: cell_id -> where it was computed (hardware_signature), what the reader
+    # should hear on stderr (a cell two bundles disagree on), and the bundles read
+    hardware: dict[str, str] = field(default_factory=dict)
+    remarks: tuple[str, ...] = ()
+    bundles: tuple["Bundle", ...] = ()
 
 
 # -- the results store --------------------------------------------------------------------------
@@ -225,3 +238,152 @@ def local_artifact(artifact_uri: str, name: str) -> Path | None:
         return None
     path = base / name
     return path if path.is_file() else None
+
+
+# -- bundles (flag-bench export) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Bundle:
+    """One ``--from`` bundle: as the user named it, its verified folder and its bundle.json."""
+
+    name: str
+    folder: Path
+    info: dict[str, Any]
+
+    @property
+    def results_dir_name(self) -> str:
+        """The exported results dir's name (never its path): what a rerun command names."""
+        return str(self.info.get("results_dir_name") or "flag-bench-results")
+
+    def where(self, path: Path) -> str:
+        """A file of this bundle as the user can find it: in the folder, or inside the archive."""
+        rel = path.relative_to(self.folder).as_posix()
+        return str(Path(self.name) / rel) if Path(self.name).is_dir() else f"{rel} in {self.name}"
+
+
+def open_bundles(paths) -> tuple[Bundle, ...]:
+    from flag_bench.bundle import open_bundle, read_info
+
+    out = []
+    for p in paths:
+        folder = open_bundle(p)
+        out.append(Bundle(str(p), folder, read_info(folder, str(p))))
+    return tuple(out)
+
+
+def hardware_signature(provenance, environment) -> str:
+    """Where a cell was computed, as one text: the device (a GPU's model) and the CPU model; the
+    CPU from the bundle's exporting machine where the record has none (written before it was
+    recorded). A cell run by a cluster engine names its node's device only: its recorded CPU is
+    the submitting machine's."""
+    device = str(provenance.get("device_name") or provenance.get("device") or "unknown device")
+    cpu = provenance.get("cpu_model") if "cpu_model" in provenance else (environment or {}).get("cpu_model")
+    if provenance.get("scheduler"):
+        cpu = None
+    return f"{device}, {cpu}" if cpu else device
+
+
+def _check_boards(bundles: tuple[Bundle, ...], loaded: list[Loaded]) -> None:
+    """Refuse two bundles whose rows would share a board (dataset x G) but not what a score means:
+    protocol version, dataset version, panel selector and parameters, a fold's panel, the gene sets
+    scored as pathways. What one
+    bundle pools on its own is left as its results dir's report leaves it."""
+    # (board, what) -> value -> the bundles with rows of that value, in --from order
+    values: dict[tuple[tuple[str, int], str], dict[str, list[str]]] = {}
+    for b, ld in zip(bundles, loaded):
+        assert ld.record is not None  # the store reader reads full records
+        for row in ld.rows:
+            rec = ld.record(row["cell_id"])
+            board = (rec.cell.dataset, int(rec.cell.n_genes))
+            what = {"protocol version": rec.cell.protocol_version, "dataset version": rec.cell.dataset_version,
+                    "panel": f"{rec.cell.panel.split(':')[0]} {json.dumps(rec.cell.panel_params, default=str)}",
+                    f"panel of {rec.cell.split} fold {rec.cell.fold}": rec.panel.panel_id if rec.panel else "",
+                    # PathPCC means the sets it averaged (name@sha256); "" where none were scored
+                    "gene sets": rec.cell.gene_sets or "none"}
+            for key, value in what.items():
+                seen = values.setdefault((board, key), {}).setdefault(str(value), [])
+                if b.name not in seen:
+                    seen.append(b.name)
+    for (board, key), by_value in values.items():
+        pairs = [((v, x), (w, y)) for v, xs in by_value.items() for w, ys in by_value.items() if v != w
+                 for x in xs for y in ys if x != y]
+        if pairs:
+            first = min(pairs, key=lambda p: ([b.name for b in bundles].index(p[0][1]),
+                                              [b.name for b in bundles].index(p[1][1])))
+            _refuse(board, key, *first)
+
+
+def _refuse(board: tuple[str, int], what: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+    raise UserError(f"--from {a[1]} and --from {b[1]} put rows on one board ({board[0]} G={board[1]}) but differ "
+                    f"in {what}: {a[0]} vs {b[0]}; their scores do not mean the same: report them apart "
+                    "(or narrow with --datasets/--genes)")
+
+
+def _differing(a: CellRecord, b: CellRecord, n: int = 3) -> list[str]:
+    import math
+
+    out = []
+    for k in sorted(set(a.scores) | set(b.scores)):
+        x, y = a.scores.get(k), b.scores.get(k)
+        same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        if not same:
+            out.append(f"{k} {x!r} vs {y!r}")
+    return out[:n] + ([f"{len(out) - n} more"] if len(out) > n else [])
+
+
+def from_bundles(bundles: tuple[Bundle, ...], suite: str | None, flt=None) -> Loaded:
+    """One source over several verified bundles, each read by the store reader. A cell in two
+    bundles is taken from the first (a note says so when their scores differ); a cell is failed
+    only when no bundle has it finished. ``flt`` (a filters.Filter) narrows the board check to
+    the rows a report shows, so two labs' boards can be reported apart from one set of bundles."""
+    loaded = [from_store(b.folder, suite) for b in bundles]
+    if flt is not None and not flt.empty:
+        shown = [_kept(ld, flt) for ld in loaded]
+    else:
+        shown = loaded
+    _check_boards(bundles, shown)
+    owner: dict[str, int] = {}
+    remarks: list[str] = []
+    for i, ld in enumerate(loaded):
+        assert ld.record is not None
+        for row in ld.rows:
+            cid = row["cell_id"]
+            if cid not in owner:
+                owner[cid] = i
+                continue
+            first = loaded[owner[cid]]
+            assert first.record is not None
+            diff = _differing(first.record(cid), ld.record(cid))
+            if diff:
+                remarks.append(f"cell {cid} is in --from {bundles[owner[cid]].name} and --from {bundles[i].name} "
+                               f"with different scores ({'; '.join(diff)}): the board shows the first's")
+    latest: dict[str, tuple[Failure, int]] = {}
+    for i, ld in enumerate(loaded):
+        for f in ld.failures:
+            cid = str(f.row["cell_id"])
+            if cid not in owner and (cid not in latest or f.finished >= latest[cid][0].finished):
+                latest[cid] = (f, i)
+    failures = [dataclasses.replace(f, traceback=bundles[i].where(Path(f.traceback))) for f, i in latest.values()]
+    def record(cell_id: str) -> CellRecord:
+        read = loaded[owner[cell_id]].record
+        assert read is not None  # the store reader reads full records
+        return read(cell_id)
+
+    hardware = {cid: hardware_signature(record(cid).provenance, bundles[i].info.get("environment"))
+                for cid, i in owner.items()}
+
+    def fetch(cell_id: str, name: str) -> Path:
+        return loaded[owner[cell_id]].fetch(cell_id, name)
+
+    rows = [row for i, ld in enumerate(loaded) for row in ld.rows if owner[row["cell_id"]] == i]
+    pick = {cid: loaded[i] for cid, i in owner.items()}
+    return Loaded(ResultSource.STORE, rows, {cid: ld.per_slide[cid] for cid, ld in pick.items()}, failures, fetch,
+                  finished={cid: ld.finished[cid] for cid, ld in pick.items()}, record=record,
+                  versions={cid: ld.versions.get(cid) for cid, ld in pick.items()}, hardware=hardware,
+                  remarks=tuple(remarks), bundles=bundles)
+
+
+def _kept(ld: Loaded, flt) -> Loaded:
+    fin = ld.finished
+    rows = [r for r in ld.rows if flt.keep(r["dataset"], r["dataset_spec"], r["method"], r["n_genes"],
+                                           fin.get(r["cell_id"], ""), r.get("split"), r.get("encoder"))]
+    return dataclasses.replace(ld, rows=rows)

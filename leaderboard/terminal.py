@@ -17,8 +17,8 @@ from rich.cells import cell_len
 from flag_bench.leaderboard import fmt
 from flag_bench.leaderboard.calibration import cal_name
 from flag_bench.leaderboard.model import (CAL_LEGEND, TINY_WARNING, DatasetBoard, Leaderboard, Row, bound_values,
-                                          calibration_note, contended_legend, contended_mark, role_label, role_legend,
-                                          short_name, transform_tag)
+                                          calibration_note, contended_legend, contended_mark, hardware_legend,
+                                          role_label, role_legend, short_name, transform_tag)
 from flag_bench.leaderboard.validity import summary_line
 from flag_bench.leaderboard.notes import text_lines
 
@@ -201,7 +201,7 @@ def legend(lb: Leaderboard, detail: str) -> list:
         t.add_row(f"({info.header})", f"{info.name}, not shown (--columns {info.name}): {info.description}")
     if lb.calibrated:
         t.add_row("<score> cal", CAL_LEGEND)
-    for mark, text in (*role_legend(lb), *contended_legend(lb)):
+    for mark, text in (*role_legend(lb), *hardware_legend(lb), *contended_legend(lb)):
         t.add_row(mark, text)
     ci = " [95% bootstrap CI of the mean]" if detail == "ci" else "; --ci adds the 95% bootstrap CI"
     what = "values: mean±std over test folds, seeds averaged within each fold"

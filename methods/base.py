@@ -15,7 +15,7 @@ import abc
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, TypeVar, cast
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from flag_bench.hashing import short_hash
 from flag_bench.methods.config_types import Mismatch, conform, describe_value, field_types, type_name
 from flag_bench.roles import Role, parse_role
 from flag_bench.spec import PRESETS  # defined once, by spec.Preset
+
+if TYPE_CHECKING:
+    from flag_bench.methods.common.state import MethodState
 
 # What a method may ask the harness for. "region": an image region around a spot, larger than
 # its patch (neighbourhood context, TRIPLEX-style).
@@ -218,6 +221,31 @@ class Method(abc.ABC):
     def check_resources(cls, config: Any) -> None:
         """Raise a one-line UserError when ``config`` names files (weights, tables) that are not
         there. Called when the grid is planned, so a missing file refuses the run before any cell."""
+
+    # -- saved models (flag_bench/models.py, `run --save-models`, `flag-bench predict`) -------------
+    def save_state(self) -> MethodState:
+        """The fitted state, for ``from_state`` to rebuild a method that predicts the same numbers.
+
+        The default (methods/common/state.py) serves every built-in: the attributes set by
+        ``fit`` are pickled as a skeleton whose tensors and numeric arrays travel in a safetensors
+        file, and are read back by a restricted unpickler that resolves flag-bench and torch.nn
+        classes only. A plugin's classes are outside what that loader resolves, so a plugin
+        implements both hooks (e.g. ``MethodState(tensors=dict(net.state_dict()), meta={...})``
+        and a ``from_state`` that builds the net from ``config`` and loads them), or
+        ``--save-models`` refuses it."""
+        from flag_bench.methods.common.state import capture, require_savable
+
+        require_savable(type(self))
+        return capture(self)
+
+    @classmethod
+    def from_state(cls: type[Self], state: MethodState, config: Any, *, seed: int, device: str) -> Self:
+        """A fitted method rebuilt from ``save_state``'s output, with ``config`` (checked like
+        ``make_config``'s), ``seed`` and its tensors on ``device``."""
+        from flag_bench.methods.common.state import require_savable, restore
+
+        require_savable(cls)
+        return cast(Self, restore(cls, state, config, seed=seed, device=device))
 
     def n_parameters(self) -> int | None:
         """Trainable parameter count, or None for non-parametric methods."""

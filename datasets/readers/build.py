@@ -192,15 +192,18 @@ def file_key(path: Path | None) -> tuple:
 
 def finish_dataset(parts: list[SlidePart], *, name: str, spec: str, platform: str, organism: str,
                    corpora: tuple[str, ...], patients_known: bool, meta: dict[str, Any] | None = None,
-                   licence: str = "", citation: str = "") -> SpatialDataset:
-    """Align every slide to the shared gene pool and build the dataset (warns once about drops)."""
+                   licence: str = "", citation: str = "", image_only: bool = False) -> SpatialDataset:
+    """Align every slide to the shared gene pool and build the dataset (warns once about drops).
+
+    ``image_only``: the parts carry no counts (``base.no_counts``) and no genes; the dataset has
+    no gene pool and serves no counts (``SpatialDataset.image_only``)."""
     if not parts:
         raise UserError(f"{spec}: no slide selected; check the folder and the filters in the spec")
     ids = [p.id for p in parts]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise UserError(f"{spec}: slide id(s) {', '.join(dup)} appear twice; give each sample a unique id")
-    genes, gene_ids = _common_genes(parts, spec)
+    genes, gene_ids = ((), ()) if image_only else _common_genes(parts, spec)
     slides = []
     for p in parts:
         if len(set(p.genes)) != len(p.genes):  # readers make names unique; never let a copy overwrite another
@@ -227,10 +230,12 @@ def finish_dataset(parts: list[SlidePart], *, name: str, spec: str, platform: st
         "patients_known": patients_known,
         "spec": spec,
     })
-    version = content_version(parts, genes, (name, platform))
+    if image_only:
+        meta["image_only"] = True
+    version = content_version(parts, genes, (name, platform, "image-only") if image_only else (name, platform))
     return SpatialDataset(
         name=name, version=version, slides=tuple(slides), genes=genes,
         gene_ids=gene_ids, organism=organism, platform=platform, licence=licence, citation=citation,
         default_split="patient" if patients_known and len({p.patient for p in parts}) > 1 else "slide",
-        meta=meta,
+        meta=meta, image_only=image_only,
     )

@@ -15,6 +15,9 @@ folder of ``<stem>.h5`` files. ``image=`` needs a single file.
 - Pixel size: ``pixel_size=`` > ``uns['flag_bench']['pixel_size_um']`` or the image's resolution
   tags (embedded) > estimated from the spot spacing with ``pitch_um`` (default 100 um, Visium)
   > error.
+- Image-only mode (``flag-bench predict``): needs obs names (barcodes), ``obsm['spatial']`` and
+  the image or patches; ``X`` is never read and may be empty (no genes) or absent, and
+  ``counts=`` and ``duplicate_genes=`` are unused.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _peek(path: Path) -> dict[str, Any]:
     return out
 
 
-def load(**params: Any) -> SpatialDataset:
+def load(*, image_only: bool = False, **params: Any) -> SpatialDataset:
+    """``image_only``: spots and images only, ``X`` not read (module docstring)."""
     spec = check_keys(NAME, params, KEYS, ("path",))
     path = Path(str(params["path"])).expanduser()
     if path.is_dir():
@@ -81,7 +85,8 @@ def load(**params: Any) -> SpatialDataset:
                           embedded_detail=f"uns['flag_bench']['pixel_size_um'] of {f.name}", pitch_um=pitch,
                           spot_diameter_um=positive_float(peek.get("spot_diameter_um")) or 55.0,
                           patch_um=params.get("patch_um"), meta={},
-                          counts_source=params.get("counts"), duplicate_genes=params.get("duplicate_genes"))
+                          counts_source=params.get("counts"), duplicate_genes=params.get("duplicate_genes"),
+                          image_only=image_only)
         parts.append(part)
     if not known:
         import anndata as ad
@@ -96,5 +101,5 @@ def load(**params: Any) -> SpatialDataset:
                 found += 1
         known = found == len(parts)
     return finish_dataset(parts, name=NAME, spec=spec, platform="unknown", organism="unknown", corpora=(),
-                          patients_known=known, meta={"patient_source": "given or obs['patient']" if known else
+                          patients_known=known, image_only=image_only, meta={"patient_source": "given or obs['patient']" if known else
                                                       "unknown: each file is its own patient"})

@@ -18,6 +18,11 @@ pixel_size=UM,patch_um=UM,counts=X,duplicate_genes=unique]``
   (HEST rounds 112 um to whole source pixels; the whole stored patch is then used).
 - The patches' own ``coords`` (top-left level-0 pixels) must lie on their spots (within a patch
   width): otherwise the h5ad and the patch file use different images and are refused.
+- Image-only mode (``flag-bench predict``): per sample ``patches/<id>.h5`` (or ``wsis/<id>.tif``
+  with ``st/<id>.h5ad`` for the spot positions) and, for the pixel size, ``metadata/<id>.json``
+  or ``pixel_size=``. ``st/<id>.h5ad`` is read without its ``X`` (obs names and
+  ``obsm['spatial']``) and may be missing where the patch file has ``coords``: the samples are
+  then those of ``st/`` and ``patches/`` together. ``counts=`` and ``duplicate_genes=`` are unused.
 """
 
 from __future__ import annotations
@@ -85,16 +90,25 @@ def patient_ids(metas: dict[str, dict]) -> tuple[dict[str, str], bool]:
     return out, all(p is not None for p in raw.values())
 
 
-def load(**params: Any) -> SpatialDataset:
+def load(*, image_only: bool = False, **params: Any) -> SpatialDataset:
+    """``image_only``: spots and images only, no counts read (module docstring)."""
     spec = check_keys(NAME, params, KEYS, ("root",))
     root = need_dir(Path(str(params["root"])).expanduser(), spec, "HEST-1k root", "give the folder holding st/, patches/ and metadata/")
-    st_dir = need_dir(root / "st", spec, "HEST-1k st/ folder", "give the HEST-1k root (it holds st/<id>.h5ad)")
+    st_dir = root / "st"
+    if image_only:  # the patch files alone give a sample's spots
+        ids = sorted({p.stem for p in st_dir.glob("*.h5ad")} | {p.stem for p in (root / "patches").glob("*.h5")})
+        if not ids:
+            raise UserError(f"{spec}: {root} has neither st/<id>.h5ad nor patches/<id>.h5; give the HEST-1k root")
+        where = f"{st_dir}/<id>.h5ad or {root / 'patches'}/<id>.h5"
+    else:
+        need_dir(st_dir, spec, "HEST-1k st/ folder", "give the HEST-1k root (it holds st/<id>.h5ad)")
+        ids = sorted(p.stem for p in st_dir.glob("*.h5ad"))
+        where = f"{st_dir}/<id>.h5ad"
     wanted = list_param(params.get("ids"))
-    ids = sorted(p.stem for p in st_dir.glob("*.h5ad"))
     if wanted:
         missing = [i for i in wanted if i not in ids]
         if missing:
-            raise UserError(f"{spec}: sample(s) {', '.join(missing)} have no {st_dir}/<id>.h5ad; "
+            raise UserError(f"{spec}: sample(s) {', '.join(missing)} have no {where}; "
                             f"choose ids from {', '.join(ids[:8])}{'...' if len(ids) > 8 else ''}")
         ids = list(wanted)
     metas = {}
@@ -130,12 +144,15 @@ def load(**params: Any) -> SpatialDataset:
                           f"{sid} out with ids=")
             patches = None
         est = positive_float(m.get("pixel_size_um_estimated"))
+        st_path: Path | None = st_dir / f"{sid}.h5ad"
+        if image_only and not (st_dir / f"{sid}.h5ad").is_file():
+            st_path = None
         part = build_part(
-            sid=sid, patient=patients[sid], st_path=st_dir / f"{sid}.h5ad", patches=patches, image=image, spec=spec,
+            sid=sid, patient=patients[sid], st_path=st_path, patches=patches, image=image, spec=spec,
             pixel_size=params.get("pixel_size"), embedded=positive_float(m.get("pixel_size_um_embedded")),
             embedded_detail=f"metadata/{sid}.json pixel_size_um_embedded", pitch_um=pitch, spot_diameter_um=diameter,
             patch_um=params.get("patch_um"), counts_source=params.get("counts"),
-            duplicate_genes=params.get("duplicate_genes"),
+            duplicate_genes=params.get("duplicate_genes"), image_only=image_only,
             meta={k: m[k] for k in ("organ", "species", "st_technology", "dataset_title", "oncotree_code",
                                     "disease_state", "license") if k in m},
             recorded=None if est is None else (est, "estimated from spot spacing",
@@ -149,6 +166,6 @@ def load(**params: Any) -> SpatialDataset:
             corpora.append(str(m["dataset_title"]))
     organism = "mouse" if species == {"Mus musculus"} else ("human" if species <= {"Homo sapiens"} else "+".join(sorted(species)))
     return finish_dataset(parts, name=NAME, spec=spec, platform="+".join(sorted(platforms)), organism=organism,
-                          corpora=tuple(corpora), patients_known=known,
+                          corpora=tuple(corpora), patients_known=known, image_only=image_only,
                           meta={"root": str(root), "patient_source": "metadata 'patient'" if known else
                                 "unknown for some samples: each such sample is its own patient"})

@@ -15,6 +15,10 @@ is the task folder; without ``task=`` ``root`` is the task folder itself).
   default panel stays fitted on each fold's training slides.
 - Pixel size: ``pixel_size=`` > metadata > estimated from the spot spacing (``pitch_um``,
   default 100 um: Visium, and HEST's 100-um Xenium pseudo-spots).
+- Image-only mode (``flag-bench predict``): needs ``splits/`` (the samples) and
+  ``patches/<id>.h5``; ``adata/<id>.h5ad`` is read without its ``X`` where present, else the
+  patch file's ``barcode`` and ``coords`` give the spots. ``counts=`` and ``duplicate_genes=``
+  are unused.
 """
 
 from __future__ import annotations
@@ -55,12 +59,15 @@ def _ids(path: Path, spec: str) -> tuple[str, ...]:
     return tuple(r["sample_id"] for r in rows)
 
 
-def load(**params: Any) -> SpatialDataset:
+def load(*, image_only: bool = False, **params: Any) -> SpatialDataset:
+    """``image_only``: spots and patches only, no counts read (module docstring)."""
     spec = check_keys(NAME, params, KEYS, ("root",))
     root = Path(str(params["root"])).expanduser()
     task_dir = root / str(params["task"]) if params.get("task") is not None else root
     need_dir(task_dir, spec, "HEST-Benchmark task folder", "give root= the bench data root and task= a task such as IDC")
-    adata_dir = need_dir(task_dir / "adata", spec, "adata/ folder", "give a HEST-Benchmark task folder (adata/, patches/, splits/)")
+    adata_dir = task_dir / "adata"
+    if not image_only:
+        need_dir(adata_dir, spec, "adata/ folder", "give a HEST-Benchmark task folder (adata/, patches/, splits/)")
     splits = need_dir(task_dir / "splits", spec, "splits/ folder", "give a HEST-Benchmark task folder (adata/, patches/, splits/)")
     folds = _fold_files(splits, spec)
     ids = list(dict.fromkeys(s for tr, te in folds for s in (*tr, *te)))
@@ -78,7 +85,10 @@ def load(**params: Any) -> SpatialDataset:
     pitch = positive_float(params.get("pitch_um")) or 100.0
     parts = []
     for sid in ids:
-        st = need_file(adata_dir / f"{sid}.h5ad", spec, "expression file", f"the split files name {sid}: restore adata/{sid}.h5ad")
+        st: Path | None = None
+        if not image_only or (adata_dir / f"{sid}.h5ad").is_file():
+            st = need_file(adata_dir / f"{sid}.h5ad", spec, "expression file",
+                           f"the split files name {sid}: restore adata/{sid}.h5ad")
         patches = need_file(task_dir / "patches" / f"{sid}.h5", spec, "patch file",
                             f"the split files name {sid}: restore patches/{sid}.h5")
         m = metas[sid]
@@ -88,14 +98,14 @@ def load(**params: Any) -> SpatialDataset:
                           spot_diameter_um=positive_float(m.get("spot_diameter")) or 55.0,
                           patch_um=params.get("patch_um"), meta={"task": task_dir.name},
                           counts_source=params.get("counts"), duplicate_genes=params.get("duplicate_genes"),
-                          recorded=None if est is None else (est, "estimated from spot spacing",
+                          image_only=image_only, recorded=None if est is None else (est, "estimated from spot spacing",
                                                              f"metadata/{sid}.json pixel_size_um_estimated (HEST's estimate)"))
         parts.append(part)
     informed = tuple(str((task_dir / n).resolve()) for n in ("var_50genes.json", "mean_50genes.json")
                      if (task_dir / n).is_file())
     titles = [str(m["dataset_title"]) for m in metas.values() if m.get("dataset_title")]
     ds = finish_dataset(parts, name=NAME, spec=spec, platform="Visium", organism="human",
-                        corpora=("HEST-1k", "HEST-Benchmark", *titles), patients_known=False,
+                        corpora=("HEST-1k", "HEST-Benchmark", *titles), patients_known=False, image_only=image_only,
                         meta={"root": str(task_dir), "task": task_dir.name, "hest_splits_dir": str(splits.resolve()),
                               "hest_folds": len(folds), "test_informed_files": informed, "patient_source": source})
     # the task's own folds are the benchmark's protocol

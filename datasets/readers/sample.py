@@ -1,5 +1,9 @@
 """One sample = an AnnData file + its patches (HEST ``patches/<id>.h5``) or a full-resolution
-image. Shared by the ``hest:``, ``hest-bench:`` and ``h5ad:`` loaders."""
+image. Shared by the ``hest:``, ``hest-bench:`` and ``h5ad:`` loaders.
+
+Image-only mode (``build_part(image_only=True)``, for ``flag-bench predict``): the AnnData file
+gives the spots (obs names and ``obsm['spatial']``, read without ``X``, which may be empty), or,
+without one, the patch file does (its ``barcode`` and ``coords`` + half the patch width)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from flag_bench.datasets.base import no_counts
 from flag_bench.datasets.readers.build import (SlidePart, as_count_matrix, check_spots, file_key,
                                                resolve_duplicate_genes)
 from flag_bench.datasets.readers.images import (H5PatchReader, ImageTileReader, embedded_pixel_size,
@@ -47,17 +52,44 @@ def read_adata(path: Path, spec: str, *, counts_source: Any = None, duplicate_ge
 
     ``counts_source``: ``X`` (default), ``raw`` or a layer name. Repeated gene names are made
     unique the AnnData way (or summed: ``duplicate_genes=sum``), with a warning."""
+    adata = _open_adata(path, spec)
+    coords = _coords(adata, path, spec)
+    x, var, where, fix = _counts_source(adata, path, spec, counts_source)
+    counts = as_count_matrix(x, spec, where, fix)
+    barcodes = _barcodes(adata, path, spec)
+    genes = tuple(str(g) for g in var.index)
+    ids_col = next((c for c in ("gene_ids", "gene_id", "ensembl_id") if c in var.columns), None)
+    gene_ids = tuple(str(v) for v in var[ids_col]) if ids_col else ("",) * len(genes)
+    counts, genes, gene_ids = resolve_duplicate_genes(counts, genes, gene_ids, duplicate_genes, spec, f"{path} var_names")
+    return adata, counts, barcodes, genes, gene_ids, coords
+
+
+def read_spots(path: Path, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """(barcodes, coords (n, 2) px) of an AnnData file, its ``X`` never read (image-only mode:
+    it may be empty or absent)."""
+    adata = _open_adata(path, spec, backed=True)
+    try:
+        return _barcodes(adata, path, spec), _coords(adata, path, spec)
+    finally:
+        adata.file.close()
+
+
+def _open_adata(path: Path, spec: str, backed: bool = False):
+    """The AnnData of ``path`` (``backed``: obs, var and obsm in memory, ``X`` left on disk)."""
     import anndata as ad
 
     try:
-        with warnings.catch_warnings():  # repeated names: our own one-line warning below says what was done
+        with warnings.catch_warnings():  # repeated names: our own one-line warning says what was done
             warnings.filterwarnings("ignore", message=r".*names are not unique")
-            adata = ad.read_h5ad(path)
+            return ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except UnicodeDecodeError as exc:
         raise UserError(f"{spec}: {path} holds names that are not UTF-8 text ({exc.reason} at byte {exc.start}); "
                         "rewrite its obs/var names as UTF-8") from None
     except Exception as exc:  # a truncated or foreign file: say which and what to do
         raise UserError(f"{spec}: cannot read {path} as AnnData ({type(exc).__name__}); re-download or rewrite it") from None
+
+
+def _coords(adata, path: Path, spec: str) -> np.ndarray:
     if "spatial" not in adata.obsm:
         raise UserError(f"{spec}: {path} has no obsm['spatial'] (spot centres in image pixels); add them or use the "
                         "loader of the original format")
@@ -67,18 +99,16 @@ def read_adata(path: Path, spec: str, *, counts_source: Any = None, duplicate_ge
     coords = coords[:, :2]
     if not np.isfinite(coords).all():
         raise UserError(f"{spec}: {path} obsm['spatial'] has missing or infinite values; drop those spots")
-    x, var, where, fix = _counts_source(adata, path, spec, counts_source)
-    counts = as_count_matrix(x, spec, where, fix)
+    return coords
+
+
+def _barcodes(adata, path: Path, spec: str) -> np.ndarray:
     barcodes = np.asarray(adata.obs_names).astype(str)
     if len(set(barcodes)) != len(barcodes):
         dup = next(b for b, c in zip(*np.unique(barcodes, return_counts=True)) if c > 1)
         raise UserError(f"{spec}: {path} has {len(barcodes) - len(set(barcodes))} duplicate obs names (barcodes, "
                         f"e.g. {dup}); make them unique (one row per spot)")
-    genes = tuple(str(g) for g in var.index)
-    ids_col = next((c for c in ("gene_ids", "gene_id", "ensembl_id") if c in var.columns), None)
-    gene_ids = tuple(str(v) for v in var[ids_col]) if ids_col else ("",) * len(genes)
-    counts, genes, gene_ids = resolve_duplicate_genes(counts, genes, gene_ids, duplicate_genes, spec, f"{path} var_names")
-    return adata, counts, barcodes, genes, gene_ids, coords
+    return barcodes
 
 
 def _h5_str(a, what: str, spec: str) -> np.ndarray:
@@ -150,6 +180,39 @@ def match_patches(h5: Path, barcodes: np.ndarray, spec: str, st_path: Path,
     return keep, rows, attrs
 
 
+def spots_from_patches(h5: Path, spec: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(barcodes, centres (n, 2) level-0 px) of a HEST patch file: ``coords`` are the patches'
+    top-left corners, so a centre is ``coords + patch_size_src / 2`` (hestcore rounds the corner
+    to a whole pixel: the centre is exact to half a pixel). For image-only mode without the
+    sample's AnnData; a file without ``coords`` or a patch width -> UserError ending in ``fix``."""
+    import h5py
+
+    try:
+        with h5py.File(h5, "r") as f:
+            if "img" not in f or "barcode" not in f or "coords" not in f:
+                raise UserError(f"{spec}: {h5} lacks the 'img', 'barcode' or 'coords' dataset of a HEST patch file, "
+                                f"so its spots' positions are unknown; {fix}")
+            img = f["img"]
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in img.attrs.items()}
+            stored_px = int(img.shape[1]) if img.ndim == 4 else 0
+            barcodes = _h5_str(f["barcode"][()], f"{h5} barcode", spec)
+            corners = np.asarray(f["coords"][()], dtype=np.float64)
+    except OSError as exc:
+        raise UserError(f"{spec}: cannot open {h5} as HDF5 ({exc}); re-download it") from None
+    src = attrs.get("patch_size_src")
+    if src is None and attrs.get("downsample") is not None:
+        src = float(attrs["downsample"]) * stored_px
+    if src is None or not float(src) > 0:
+        raise UserError(f"{spec}: {h5} img has no patch_size_src or downsample attribute, so the patch centres are "
+                        f"unknown; {fix}")
+    if corners.shape != (len(barcodes), 2) or not np.isfinite(corners).all():
+        raise UserError(f"{spec}: {h5} coords has shape {corners.shape} for {len(barcodes)} barcodes (or missing "
+                        f"values); {fix}")
+    if len(set(barcodes)) != len(barcodes):
+        raise UserError(f"{spec}: {h5} has duplicate barcodes; re-write the patch file with one patch per spot")
+    return barcodes, corners + float(src) / 2.0
+
+
 def stored_field_um(attrs: dict, pixel_size_um: float, given: Any, spec: str, h5: Path) -> tuple[float, str]:
     """Tissue width of one stored patch, micrometres, and how it was found.
 
@@ -171,21 +234,39 @@ def stored_field_um(attrs: dict, pixel_size_um: float, given: Any, spec: str, h5
     return float(src) * pixel_size_um, "patch_size_src x pixel size"
 
 
-def build_part(*, sid: str, patient: str, st_path: Path, patches: Path | None, image: Path | None,
+def build_part(*, sid: str, patient: str, st_path: Path | None, patches: Path | None, image: Path | None,
                spec: str, pixel_size: Any, embedded: float | None, embedded_detail: str, pitch_um: float | None,
                spot_diameter_um: float, patch_um: Any, meta: dict,
                recorded: tuple[float, str, str] | None = None, counts_source: Any = None,
-               duplicate_genes: Any = None) -> SlidePart:
+               duplicate_genes: Any = None, image_only: bool = False) -> SlidePart:
     """A SlidePart from one AnnData file and its patch file or image. ``recorded`` = (um/px,
-    source, detail) from the sample's metadata, used unless ``pixel_size`` is given."""
-    adata, counts, barcodes, genes, gene_ids, coords = read_adata(st_path, spec, counts_source=counts_source,
+    source, detail) from the sample's metadata, used unless ``pixel_size`` is given.
+
+    ``image_only``: no counts (``counts_source`` and ``duplicate_genes`` unused); the spots come
+    from ``st_path`` without its ``X``, or, when ``st_path`` is None, from ``patches``."""
+    genes: tuple[str, ...]
+    gene_ids: tuple[str, ...]
+    if image_only:
+        if st_path is not None:
+            barcodes, coords = read_spots(st_path, spec)
+        elif patches is not None:
+            barcodes, coords = spots_from_patches(patches, spec, f"give sample {sid}'s AnnData file (its obsm['spatial'])")
+        else:
+            raise UserError(f"{spec}: sample {sid} has neither an AnnData file nor a patch file, so its spots are "
+                            "unknown; give one of them")
+        counts, genes, gene_ids = no_counts(len(barcodes)), (), ()
+    else:
+        assert st_path is not None, "a sample with counts is read from its AnnData file"
+        _, counts, barcodes, genes, gene_ids, coords = read_adata(st_path, spec, counts_source=counts_source,
                                                                   duplicate_genes=duplicate_genes)
-    check_spots(len(barcodes), spec, str(st_path), f"drop sample {sid} from the dataset or give its spots")
+    source = st_path if st_path is not None else patches
+    assert source is not None  # image-only mode without either file was refused above
+    check_spots(len(barcodes), spec, str(source), f"drop sample {sid} from the dataset or give its spots")
     dropped = 0
     if patches is not None:
-        keep, rows, attrs = match_patches(patches, barcodes, spec, st_path, coords)
+        keep, rows, attrs = match_patches(patches, barcodes, spec, source, coords)
         if len(keep) == 0:
-            raise UserError(f"{spec}: no spot of {st_path} has a patch in {patches}; give the matching patch file")
+            raise UserError(f"{spec}: no spot of {source} has a patch in {patches}; give the matching patch file")
         dropped = len(barcodes) - len(keep)
         counts, barcodes, coords = counts[keep], barcodes[keep], coords[keep]
     if image is not None and embedded is None:
@@ -193,12 +274,13 @@ def build_part(*, sid: str, patient: str, st_path: Path, patches: Path | None, i
         if emb is not None:
             embedded, embedded_detail = emb, f"resolution tags of {image.name}"
     if recorded is not None and pixel_size is None:
-        um, source, detail = recorded
+        um, how_found, detail = recorded
     else:
-        um, source, detail = resolve_pixel_size(given=pixel_size, embedded=embedded, coords=coords, pitch_um=pitch_um,
-                                                spec=spec, where=f"sample {sid} ({st_path})",
-                                                detail_embedded=embedded_detail)
-    meta = {**meta, "pixel_size_source": source, "pixel_size_detail": detail, "st_file": str(st_path)}
+        um, how_found, detail = resolve_pixel_size(given=pixel_size, embedded=embedded, coords=coords,
+                                                   pitch_um=pitch_um, spec=spec, where=f"sample {sid} ({source})",
+                                                   detail_embedded=embedded_detail)
+    meta = {**meta, "pixel_size_source": how_found, "pixel_size_detail": detail,
+            "st_file": "" if st_path is None else str(st_path)}
     reader: H5PatchReader | ImageTileReader | None
     key: tuple
     if patches is not None:
@@ -213,7 +295,7 @@ def build_part(*, sid: str, patient: str, st_path: Path, patches: Path | None, i
         key = (file_key(patches), rows.tobytes(), field_um)
     elif image is not None:
         w, h = open_image_size(image)
-        check_coords_inside(coords, (w, h), spec, f"{st_path} obsm['spatial']", str(image))
+        check_coords_inside(coords, (w, h), spec, f"{source} obsm['spatial']", str(image))
         reader = ImageTileReader(image, coords, um)
         meta.update(image_file=str(image), image_size=(w, h), image_source="image")
         key = (file_key(image),)

@@ -15,6 +15,10 @@ Spec: ``spaceranger:path=DIR[,image=FILE,id=NAME,patient=NAME,pixel_size=UM]`` f
   only). Without an image the dataset serves counts and coordinates only.
 - Pixel size: ``pixel_size=`` > the image's resolution tags (full-resolution image only) >
   estimated from the spot spacing (Visium: 100 um centre to centre) > error.
+- Image-only mode (``flag-bench predict``): needs the positions file (and ``image=`` for a
+  method that reads images; scale factors for a low-/high-resolution PNG and the spot diameter);
+  the count matrix is neither read nor needed. The spots are those the positions file marks
+  ``in_tissue = 1``, in its order.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from flag_bench.datasets.base import SpatialDataset
+from flag_bench.datasets.base import SpatialDataset, no_counts
 from flag_bench.datasets.readers.build import (SlidePart, as_count_matrix, check_duplicate_genes, check_spots,
                                                file_key, finish_dataset, resolve_duplicate_genes)
 from flag_bench.datasets.readers.hest import check_keys
@@ -91,6 +95,13 @@ def read_10x_h5(path: Path, spec: str, duplicate_genes: Any = None
 
 def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, float]], Path]:
     """barcode -> (x, y) full-resolution pixels, from either positions file."""
+    pos, _, path = read_positions_table(spatial, spec)
+    return pos, path
+
+
+def read_positions_table(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, float]], list[str], Path]:
+    """(barcode -> (x, y) full-resolution pixels, the barcodes marked in_tissue = 1 in file
+    order, the file read), from either positions file."""
     new, old = spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv"
     path = new if new.is_file() else old
     if not path.is_file():
@@ -108,9 +119,11 @@ def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, flo
         if missing:
             raise UserError(f"{spec}: {path} lacks column(s) {', '.join(missing)}; give Space Ranger's positions file")
         ix, iy = head.index("pxl_col_in_fullres"), head.index("pxl_row_in_fullres")
+        it = head.index("in_tissue")
     else:
-        ix, iy = 5, 4
-    out = {}
+        ix, iy, it = 5, 4, 1
+    out: dict[str, tuple[float, float]] = {}
+    tissue: list[str] = []
     try:
         for r in rows:
             if r:
@@ -121,10 +134,12 @@ def read_positions(spatial: Path, spec: str) -> tuple[dict[str, tuple[float, flo
                 if not np.isfinite(out[r[0]]).all():
                     raise UserError(f"{spec}: {path} row {r!r} has a missing or infinite pixel position; "
                                     "give Space Ranger's positions file")
+                if r[it].strip() == "1":
+                    tissue.append(r[0])
     except (IndexError, ValueError):
         raise UserError(f"{spec}: {path} row {r!r} is not barcode,in_tissue,array_row,array_col,pxl_row,pxl_col; "
                         "give Space Ranger's positions file") from None
-    return out, path
+    return out, tissue, path
 
 
 def _outs(path: Path) -> Path:
@@ -132,17 +147,26 @@ def _outs(path: Path) -> Path:
 
 
 def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_size: Any, spec: str,
-             duplicate_genes: Any = None) -> SlidePart:
+             duplicate_genes: Any = None, image_only: bool = False) -> SlidePart:
     outs = _outs(need_dir(path, spec, "Space Ranger folder", "give the run's outs/ folder"))
-    matrix = need_file(outs / "filtered_feature_bc_matrix.h5", spec, "count matrix",
-                       "give the run's outs/ folder (it holds filtered_feature_bc_matrix.h5)")
-    counts, barcodes, genes, gene_ids = read_10x_h5(matrix, spec, duplicate_genes)
-    check_spots(len(barcodes), spec, str(matrix), f"drop run {sid} from the dataset or give its filtered matrix")
-    pos, pos_path = read_positions(outs / "spatial", spec)
-    missing = [b for b in barcodes if b not in pos]
-    if missing:
-        raise UserError(f"{spec}: {len(missing)} barcode(s) of {matrix} are not in {pos_path} (e.g. {missing[0]}); "
-                        "the matrix and the spatial/ folder come from different runs")
+    genes: tuple[str, ...]
+    gene_ids: tuple[str, ...]
+    if image_only:  # no filtered matrix to say which spots: the positions file's tissue spots
+        pos, tissue, pos_path = read_positions_table(outs / "spatial", spec)
+        barcodes = np.array(tissue, dtype=str)
+        check_spots(len(barcodes), spec, f"{pos_path} (in_tissue = 1)",
+                    f"drop run {sid} from the dataset or give its positions file")
+        counts, genes, gene_ids = no_counts(len(barcodes)), (), ()
+    else:
+        matrix = need_file(outs / "filtered_feature_bc_matrix.h5", spec, "count matrix",
+                           "give the run's outs/ folder (it holds filtered_feature_bc_matrix.h5)")
+        counts, barcodes, genes, gene_ids = read_10x_h5(matrix, spec, duplicate_genes)
+        check_spots(len(barcodes), spec, str(matrix), f"drop run {sid} from the dataset or give its filtered matrix")
+        pos, pos_path = read_positions(outs / "spatial", spec)
+        missing = [b for b in barcodes if b not in pos]
+        if missing:
+            raise UserError(f"{spec}: {len(missing)} barcode(s) of {matrix} are not in {pos_path} (e.g. {missing[0]}); "
+                            "the matrix and the spatial/ folder come from different runs")
     coords = np.array([pos[b] for b in barcodes], dtype=np.float64)
     sf_path = outs / "spatial" / "scalefactors_json.json"
     sf = read_json(sf_path, spec) if sf_path.is_file() else {}
@@ -184,7 +208,8 @@ def read_run(*, sid: str, patient: str, path: Path, image: str | None, pixel_siz
                      meta=meta, source_key=source_key)
 
 
-def load(**params: Any) -> SpatialDataset:
+def load(*, image_only: bool = False, **params: Any) -> SpatialDataset:
+    """``image_only``: positions (and image) only, no count matrix read (module docstring)."""
     spec = check_keys(NAME, params, KEYS, ())
     dup = check_duplicate_genes(params.get("duplicate_genes"), spec)
     if (params.get("path") is None) == (params.get("manifest") is None):
@@ -196,7 +221,8 @@ def load(**params: Any) -> SpatialDataset:
         rows = read_manifest(Path(str(params["manifest"])).expanduser(), spec, ("sample_id", "patient", "path"),
                              ("image", "pixel_size"), ("path", "image"))
         parts = [read_run(sid=r["sample_id"], patient=r["patient"], path=Path(r["path"]), image=r.get("image") or None,
-                          pixel_size=r.get("pixel_size") or None, spec=spec, duplicate_genes=dup) for r in rows]
+                          pixel_size=r.get("pixel_size") or None, spec=spec, duplicate_genes=dup,
+                          image_only=image_only) for r in rows]
         known = True
     else:
         path = Path(str(params["path"])).expanduser()
@@ -204,7 +230,8 @@ def load(**params: Any) -> SpatialDataset:
         known = params.get("patient") is not None
         parts = [read_run(sid=sid, patient=str(params.get("patient") or sid), path=path,
                           image=None if params.get("image") is None else str(params["image"]),
-                          pixel_size=params.get("pixel_size"), spec=spec, duplicate_genes=dup)]
+                          pixel_size=params.get("pixel_size"), spec=spec, duplicate_genes=dup,
+                          image_only=image_only)]
     return finish_dataset(parts, name=NAME, spec=spec, platform="Visium", organism="unknown",
-                          corpora=(), patients_known=known,
+                          corpora=(), patients_known=known, image_only=image_only,
                           meta={"patient_source": "given" if known else "unknown: each run is its own patient"})

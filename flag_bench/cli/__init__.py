@@ -40,7 +40,7 @@ def _root(
 
 
 # imported in the order `--help` lists the commands: the first hour first
-from flag_bench.cli import run, report, data, cache, catalog, cluster  # noqa: E402,F401,I001  (register the commands)
+from flag_bench.cli import run, report, bundle, reproduce, predict, data, cache, catalog, cluster  # noqa: E402,F401,I001  (register the commands)
 
 
 def main() -> None:

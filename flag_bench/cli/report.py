@@ -17,6 +17,7 @@ from flag_bench.spec import ReportFormat, ResultSource
 
 @app.command()
 def report(
+    ctx: typer.Context,
     results_dir: Path = typer.Option(Path(DEFAULT_RESULTS_DIR), "--results-dir", help="Results dir of `flag-bench run`."),
     fmt: ReportFormat = typer.Option(ReportFormat.TABLE, "--format", help="Output format: table (fits the terminal's width), markdown, csv (full precision, the table only), json (the board rows and every statistical test per dataset x G x metric over test folds, seeds averaged: n, p, Holm p, 95% CI of the difference, min p, MDE, Friedman, groups, variance split; NaN as null), html (one self-contained file with figures and statistics; needs --output FILE), png or svg (the figures as files; needs --output DIR)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file (a folder for png and svg) instead of the terminal."),
@@ -35,6 +36,7 @@ def report(
     since: Optional[str] = typer.Option(None, "--since", help="Only cells finished at or after this ISO date or time (UTC unless a zone is given), e.g. 2026-11-26 or 2026-11-26T03:00."),
     genes_to_plot: Optional[str] = typer.Option(None, "--genes-to-plot", help="html/png/svg: also map these genes (comma-separated symbols) in every mapped cell whose panel has them."),
     map_cells: Optional[str] = typer.Option(None, "--map-cells", help="html/png/svg: map these cells (ids or id prefixes, comma-separated) instead of each configuration's best-PCC cell at the largest G."),
+    from_: Optional[list[Path]] = typer.Option(None, "--from", help="Read this bundle of `flag-bench export` (a folder or .tar.gz; repeat for one board from several labs' bundles), checked against its manifest first. Not with --results-dir, --source or --tracking-uri. Boards refuse bundles of different protocol versions, dataset versions or panels; rows computed on other hardware are marked."),
 ):
     """Print the leaderboard: one row per dataset x G x method configuration, mean ± std over folds and
     seeds; then a legend, and the failed and planned-but-missing cells."""
@@ -51,28 +53,57 @@ def report(
         flt = make_filter(csv_list(datasets, what="--datasets"), csv_list(methods, what="--methods"),
                           csv_list(genes, what="--genes"), since, csv_list(split, what="--split"),
                           csv_list(encoder, what="--encoder"))
-        res = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
+        if from_:
+            from flag_bench.leaderboard.results import bundle_notes, load_bundles
+
+            _only_from(ctx)
+            res = load_bundles(from_, suite=suite, flt=flt)
+            bare = [b.name for b in res.bundles if not b.info.get("includes_predictions")]
+            if figures and bare:
+                raise UserError(f"--format {fmt} draws maps from predictions, which bundle {', '.join(bare)} does not "
+                                "carry: ask for an export with --predictions, or use --format markdown")
+            for remark in res.remarks:
+                console(stderr=True).print(f"note: {remark}", markup=False, soft_wrap=True)
+        else:
+            res = load_results(results_dir, source=source, tracking_uri=tracking_uri, suite=suite)
         if not flt.empty:
             res = res.where(flt)
-        notes = gather(res, results_dir, suite=suite, tracking_uri=tracking_uri)
+        if from_:
+            notes = bundle_notes(res, suite)
+        else:
+            notes = gather(res, results_dir, suite=suite, tracking_uri=tracking_uri)
         frame = res.frame()
         if frame.empty:
             _nothing_finished(notes, suite)
         cols = csv_list(columns, what="--columns")
         if figures:
             lb = build(frame, metric=metric, columns=_with_pooled(cols, frame) if cols else _html_columns(frame),
-                       costs=True, notes=notes)
+                       costs=True, notes=notes, hardware=res.hardware())
             assert output is not None  # refused above without --output
             _emit_figures(res, lb, fmt, output, csv_list(genes_to_plot, what="--genes-to-plot") or (),
                           csv_list(map_cells, what="--map-cells") or ())
         else:
             from flag_bench.leaderboard.flags import all_flags
 
-            lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes, flags=all_flags(res, frame))
+            lb = build(frame, metric=metric, columns=cols, costs=costs, notes=notes, flags=all_flags(res, frame),
+                       hardware=res.hardware())
             _emit(lb, fmt, output, ci, _tests(frame, lb) if fmt is ReportFormat.JSON else ())
         _epilogue(res, lb, fmt, len(frame))
     except UserError as exc:
         fail(str(exc))
+
+
+def _only_from(ctx: typer.Context) -> None:
+    """--from reads bundles only: a results dir, source or tracking URI given too is a mistake."""
+    def typed(name: str) -> bool:  # by the source's name: typer ships its own click
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    given = [opt for name, opt in (("results_dir", "--results-dir"), ("source", "--source"),
+                                   ("tracking_uri", "--tracking-uri")) if typed(name)]
+    if given:
+        raise UserError(f"--from reads bundles only; drop {', '.join(given)} (or report the results dir "
+                        "without --from)")
 
 
 def _nothing_finished(notes, suite: Optional[str]) -> None:
@@ -176,11 +207,14 @@ def _epilogue(res, lb, fmt: ReportFormat, n_cells: int) -> None:
     from flag_bench.leaderboard.notes import traceback_lines
 
     err = console(stderr=True)
-    for line in traceback_lines(lb.notes, str(res.source)):
+    source = str(res.source)
+    if res.bundles:  # --from: the bundles as the user named them
+        source = f"bundle{'s' if len(res.bundles) > 1 else ''} {', '.join(b.name for b in res.bundles)}"
+    for line in traceback_lines(lb.notes, source):
         err.print(line, markup=False, soft_wrap=True)  # a path stays whole, to copy
     notes = lb.notes
     if fmt is ReportFormat.CSV and (notes.failed or notes.missing):
         err.print(f"{len(notes.failed)} failed and {notes.n_missing} planned-but-missing cells are not in the CSV; "
                   "`--format table` or `markdown` lists them", markup=False)
-    err.print(f"(read from {res.source}: {n_cells} cells" + (f", {len(notes.failed)} failed" if notes.failed else "")
+    err.print(f"(read from {source}: {n_cells} cells" + (f", {len(notes.failed)} failed" if notes.failed else "")
               + (f", {notes.n_missing} planned but missing" if notes.n_missing else "") + ")", markup=False)
