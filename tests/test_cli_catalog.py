@@ -120,3 +120,12 @@ def test_check_fails_a_broken_method_with_a_named_reason(cls, check, reason, tmp
     assert len(failed) == 1 and check in failed[0], res.stdout
     assert reason in " ".join(res.stdout.split()), res.stdout
     assert all(len(line) <= 80 for line in res.stdout.splitlines())
+
+
+def test_every_check_name_fits_the_check_tables_name_column():
+    from flag_bench.check_rules import Contract
+    from flag_bench.cli.catalog import CHECK_NAME_WIDTH
+    from flag_bench.methods.controls import MeanControl
+
+    names = [name for name, _ in Contract("mean", MeanControl).checks()]
+    assert max(map(len, names)) < CHECK_NAME_WIDTH, "a check name runs into its detail in `flag-bench check`"

@@ -22,6 +22,10 @@ from flag_bench.errors import UserError
 from flag_bench.spec import PRESETS as PRESET_ORDER
 
 
+# the `check` table's name column: the longest check name and a space (tests/test_cli_catalog.py)
+CHECK_NAME_WIDTH = 32
+
+
 def _width() -> int:
     return max(60, shutil.get_terminal_size((80, 24)).columns)
 
@@ -33,9 +37,9 @@ def _cut(text: str, width: int) -> str:
 
 @app.command("list")
 def list_(
-    kind: Optional[str] = typer.Argument(None, help="methods, datasets, metrics, encoders or panels (default all)."),
+    kind: Optional[str] = typer.Argument(None, help="methods, datasets, metrics, encoders, panels or gene_sets (default all)."),
 ):
-    """List registered methods, datasets, metrics, encoders and panel selectors (built-ins and plugins)."""
+    """List registered methods, datasets, metrics, encoders, panel selectors and gene sets (built-ins and plugins)."""
     from flag_bench.catalog import ALL
 
     try:
@@ -240,7 +244,7 @@ def check(method: str = typer.Argument(..., help="A registered method (built-in 
         return
     width = _width()
     sys.stdout.write("\n".join(textwrap.wrap(f"flag-bench check {method}: {FIXTURE}", width)) + "\n")
-    name_w = 25
+    name_w = CHECK_NAME_WIDTH
 
     def row(r) -> None:
         detail = textwrap.wrap(r.detail, width - name_w - 8) or [""]
