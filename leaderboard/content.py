@@ -22,8 +22,8 @@ from flag_bench.errors import UserError
 from flag_bench.leaderboard import figures as F
 from flag_bench.leaderboard.flags import dataset_flags
 from flag_bench.leaderboard import stats as S
-from flag_bench.leaderboard.model import (TRANSFORM_UNITS, Leaderboard, config_labels, metric_direction, short_name,
-                                          transform_tag)
+from flag_bench.leaderboard.model import (TRANSFORM_UNITS, Leaderboard, config_labels, gene_sets_text, metric_direction,
+                                          short_name, transform_tag)
 
 CURVE_METRICS = ("pcc_mean", "pcc_pooled", "mse", "gsc", "ssc", "ssc_spot", "lee_l", "moran_abs_err")
 # structure scores: a constant prediction (the mean control) scores 0 on them only by convention,
@@ -114,6 +114,9 @@ def cards(res, frame) -> list[Card]:
             vals = sorted({str(p.get(key, p.get("split") if key == "split_description" else "")) for p in protos} - {""})
             if vals:
                 fields_.append((name, " / ".join(vals)))
+        sets = sorted({gene_sets_text(p) for p in protos} - {""})
+        if sets:
+            fields_.append(("gene sets (PathPCC)", " / ".join(sets)))
         flags = dataset_flags(res, g)
         out.append(Card(str(ds), tuple(fields_), tuple(flags)))
     return out

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from flag_bench.errors import UserError
 from flag_bench.leaderboard.calibration import (CALIBRATED, Bound, add_calibration, bounds, cal_name,
@@ -290,15 +290,24 @@ def config_labels(frame) -> dict[tuple[str, str], str]:
     return {k: text if counts[text] == 1 else f"{text} #{k[1][:8]}" for k, text in base.items()}
 
 
+def gene_sets_text(protocol: Mapping[str, Any]) -> str:
+    """The gene sets a protocol card scored as pathways ("NAME@sha12 (N sets, >= 5 panel genes)"),
+    "" where it scored none."""
+    sets = protocol.get("gene_sets") or {}
+    if not isinstance(sets, Mapping) or not sets:
+        return ""
+    return (f"{sets.get('name')}@{str(sets.get('sha256', ''))[:12]} ({sets.get('n_sets')} sets, "
+            f">= {sets.get('min_genes')} panel genes)")
+
+
 def protocol_line(protocol_json: str) -> str:
     p = json.loads(protocol_json or "{}")
     if not p:
         return ""
     overlap = " (test patient also in train)" if p.get("patient_overlap") else ""
-    sets = p.get("gene_sets") or {}
     # only where the cells scored gene sets, so the line of every other board is unchanged
-    pathways = (f" | pathways {sets.get('name')}@{str(sets.get('sha256', ''))[:12]} ({sets.get('n_sets')} sets, "
-                f">= {sets.get('min_genes')} panel genes)") if isinstance(sets, dict) and sets else ""
+    sets = gene_sets_text(p)
+    pathways = f" | pathways {sets}" if sets else ""
     return (f"protocol {p.get('protocol_version')}: target {p.get('target_transform')} | split "
             f"{p.get('split_description', p.get('split'))}{overlap} | panel {p.get('panel_selector')} | "
             f"encoder {p.get('encoder')} | patch {p.get('patch')} | PCC {p.get('pcc_aggregation')}{pathways}")

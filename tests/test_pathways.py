@@ -295,3 +295,16 @@ def test_gene_sets_are_checked_at_plan_time(tmp_path):
     with pytest.raises(UserError, match="use gene symbols as the dataset names them"):
         Driver(_cfg(tmp_path, "r2", gene_sets=f"file:{other}")).run()
     assert not (tmp_path / "r1" / "cells").exists() or not any((tmp_path / "r1" / "cells").iterdir())
+
+
+def test_the_html_protocol_card_names_the_gene_sets(grids):
+    from flag_bench.leaderboard.content import cards
+    from flag_bench.leaderboard.results import load_results
+
+    _, _, plain_dir, sets_dir, gmt, _ = grids
+    found = resolve_gene_sets(f"file:{gmt}")
+    with_sets = load_results(sets_dir, source="store")
+    fields = dict(cards(with_sets, with_sets.frame())[0].fields)
+    assert fields["gene sets (PathPCC)"].startswith(f"{found.name}@{found.sha256[:12]}")
+    plain = load_results(plain_dir, source="store")
+    assert "gene sets (PathPCC)" not in dict(cards(plain, plain.frame())[0].fields)
