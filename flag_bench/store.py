@@ -11,7 +11,7 @@ Layout under the results dir:
                                          the cluster job it was handed to (see "Claims" below)
     <engine>/                            a cluster engine's job folders and submissions
                                          (flag_bench/cluster/)
-    plans/<time>-<pid>.json              the cells each invocation planned (so a report can name
+    plans/<time>.<us>-<pid>.json         the cells each invocation planned (so a report can name
                                          planned cells that never finished)
     .flag-bench.lock                     held while the store and the MLflow database are created
 
@@ -177,8 +177,14 @@ class ResultsStore:
 
     # -- plans -------------------------------------------------------------------------------
     def write_plan(self, grid_spec: dict, cells: list[dict]) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        # microseconds in the name: two plans of one process in one second (two Driver runs from
+        # Python) were one file, the second replacing the first; names still sort oldest first
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}-{os.getpid()}"
         path = self.root / "plans" / f"{stamp}.json"
+        n = 1
+        while path.exists():  # the same microsecond
+            path, n = self.root / "plans" / f"{stamp}~{n}.json", n + 1
         _write_json(path, {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "grid_spec": grid_spec,
                            "cells": cells})
         return path

@@ -106,6 +106,7 @@ def test_check_passes_on_a_control_and_exit_codes():
     ("NaNMethod", "finite values", "slide S01: 1 NaN and 0 infinite values"),
     ("PeekingMethod", "ignores test truth", "the method reads test expression"),
 ])
+@pytest.mark.slow
 def test_check_fails_a_broken_method_with_a_named_reason(cls, check, reason, tmp_path):
     """Through a real entry point: the test module's broken methods, installed as a plugin."""
     from tests.test_plugins_broken import write_dist

@@ -3,6 +3,7 @@ panel sizes on `synthetic`, curves in MLflow at step = G, and the metric-vs-G ta
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from flag_bench.cli import app
@@ -12,6 +13,7 @@ METHODS = ("flag", "flag-joint", "stem")
 GENES = (5, 10, 20)
 
 
+@pytest.mark.slow
 def test_diffusion_sweep_logs_curves_and_reports_metric_vs_g(tmp_path):
     from mlflow.tracking import MlflowClient
 

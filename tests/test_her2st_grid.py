@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from flag_bench.config import RunConfig
 from flag_bench.datasets.her2st_mini import load
@@ -25,6 +26,7 @@ def test_default_protocols_on_her2st_mini():
     assert not patient.patient_overlap
 
 
+@pytest.mark.slow
 def test_controls_on_her2st_mini_rank_as_expected(tmp_path):
     cfg = RunConfig(methods=("mean", "ridge", "knn"), genes=(50,), encoder="color-stats", folds=(0, 2),
                     device="cpu", results_dir=str(tmp_path / "r"))

@@ -90,6 +90,7 @@ def test_paper_preset_is_the_tutorial_model():
     assert n_patch == 37632 * 1024 + 1024  # 38.5 M, as the tutorial prints
 
 
+@pytest.mark.slow
 def test_small_stays_under_4gb_on_synthetic_g800():
     """Synthetic at G = 800 with a 1,200-spot slide (windowed at 1,024) under the small preset."""
     import psutil

@@ -249,6 +249,7 @@ def _leaky_panel_counts_float(ds, test_input, views):
     _leaky_closure_default, _leaky_closure_cell, _leaky_partial, _leaky_reader,
     _leaky_slots_kwdefaults, _leaky_array_view, _leaky_panel_counts_float,
 ])
+@pytest.mark.slow
 def test_walker_finds_a_deliberate_leak(make_leak, data):
     ds, builder = data
     views = fold_views(METHODS.get("ridge"), ds, builder)

@@ -301,6 +301,7 @@ def test_aliased_tensors_come_back_as_one_object():
 
 
 # -- the run ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_run_save_models_keeps_models_and_the_scores(tmp_path):
     runner = CliRunner()
     base = ["run", "--datasets", SYN, "--encoder", "color-stats", "--preset", "tiny", "--device", "cpu",
@@ -325,6 +326,7 @@ def test_run_save_models_keeps_models_and_the_scores(tmp_path):
             find_model(tmp_path / "plain", cell_id)
 
 
+@pytest.mark.slow
 def test_isolated_cells_save_the_state_their_child_sent(tmp_path):
     (task,) = tasks(run_config(tmp_path, ["ridge"], isolate=True))
     rec, method, info, test, stored = cell_and_model(task)

@@ -62,6 +62,7 @@ def test_naming_it_in_a_run_is_one_error_before_anything_runs(broken_env):
     assert not (results / "cells").exists() or not any((results / "cells").iterdir())
 
 
+@pytest.mark.slow
 def test_runs_that_do_not_name_it_are_unaffected(broken_env):
     env, tmp = broken_env
     res = cli(env, "run", "--methods", "mean", "--datasets", SYN, "--genes", "10", "--preset", "tiny",

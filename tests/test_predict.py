@@ -74,6 +74,7 @@ def _is_png(path: Path) -> bool:
         return im.format == "PNG"
 
 
+@pytest.mark.slow
 def test_spaceranger_without_counts_gives_a_valid_h5ad_scanpy_plots(fitted, tmp_path):
     import anndata as ad
     import matplotlib
@@ -113,6 +114,7 @@ def test_spaceranger_without_counts_gives_a_valid_h5ad_scanpy_plots(fitted, tmp_
     np.testing.assert_array_equal(again.obsm["spatial"], adata.obsm["spatial"])
 
 
+@pytest.mark.slow
 def test_a_saved_model_sees_its_cell_test_fold(fitted, tmp_path):
     """On her2st-mini loaded image-only the test slides' predictions are the ones the cell made."""
     import anndata as ad
@@ -138,6 +140,7 @@ def test_a_saved_model_sees_its_cell_test_fold(fitted, tmp_path):
     sc.pl.spatial(one, library_id="C2", color=info.genes[0], show=False)
 
 
+@pytest.mark.slow
 def test_generative_model_predicts_the_mean_of_one_draw_pass(fitted, tmp_path):
     """A generative method is asked for its draws once; the file holds their mean, as a cell
     scores it."""
@@ -179,6 +182,7 @@ def test_refusals_are_one_line(fitted, tmp_path):
     assert not list(tmp_path.glob("*.h5ad")) and not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_cli_run_save_models_then_predict(tmp_path):
     """The acceptance path: a tiny grid saves its models; predict on the Space Ranger fixture
     (counts removed) through the command line; one printed line per file written."""

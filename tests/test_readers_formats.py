@@ -43,6 +43,7 @@ def test_spaceranger_1_0_fixture():
     assert "embeddings" not in no_image.capabilities and no_image.slides[0].tile_reader is None
 
 
+@pytest.mark.slow
 def test_spaceranger_2_manifest_runs(mini, tmp_path):
     rows = ["sample_id,patient,path,image"]
     for sid in ("B4", "C2"):  # C2 without the header row, as Space Ranger 1.x writes it
@@ -59,6 +60,7 @@ def test_spaceranger_2_manifest_runs(mini, tmp_path):
     assert {c["cell"]["fold"] for c in cells} == {"test-patient=B", "test-patient=C"}
 
 
+@pytest.mark.slow
 def test_h5ad_with_patches_runs(mini, tmp_path):
     root = layouts.write_hest(mini, tmp_path / "hest", ["B4", "C2", "C3"])
     ds = h5ad.load(path=str(root / "st"), patches=str(root / "patches"), pixel_size=mini.slide("B4").pixel_size_um)

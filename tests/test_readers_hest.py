@@ -37,6 +37,7 @@ def _records(results: Path) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_round_trip_gives_identical_ridge_scores(mini, tmp_path):
     root = layouts.write_hest(mini, tmp_path / "hest", ["B4", "C2", "C3"])
     split = tmp_path / "fold.json"
@@ -98,6 +99,7 @@ def test_unknown_patient_and_embedded_pixel_size(mini, tmp_path):
         hest.load(root=str(root), organ="Lung")
 
 
+@pytest.mark.slow
 def test_hest_bench_two_folds_pooled_pcc_and_test_informed_panel(mini, tmp_path):
     task = layouts.write_hest_bench(mini, tmp_path / "bench" / "IDC", [(("C2", "C3"), ("B4",)), (("B4",), ("C2", "C3"))],
                                     genes=list(mini.genes[:40]))

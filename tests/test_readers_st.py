@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
 import layouts
 from flag_bench.datasets.readers import legacy_st
@@ -16,6 +17,7 @@ def _run_ok(tmp_path: Path, *args: str) -> list[dict]:
     return layouts.run_ok(tmp_path / "r", *args)
 
 
+@pytest.mark.slow
 def test_mob_sections_run_leave_one_animal_out(tmp_path):
     ds = legacy_st.load(root=str(DATA / "mob"))
     assert ds.slide_ids == ("MOB1", "MOB2", "MOB3", "MOB4") and ds.organism == "mouse"

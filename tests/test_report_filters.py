@@ -108,6 +108,7 @@ def test_table_and_markdown_filtered_notes_too(rd):
     assert res.exit_code == 0 and "flag" in res.stdout and "ridge" not in res.stdout
 
 
+@pytest.mark.slow
 def test_figures_filtered(rd, tmp_path):
     out = tmp_path / "figs"
     res = runner.invoke(app, ["report", "--results-dir", rd, "--format", "svg", "--output", str(out),

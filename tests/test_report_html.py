@@ -80,6 +80,7 @@ def test_leaderboard_has_pooled_pcc_beside_pcc_ci_and_costs(page):
     assert re.search(r'<span class="ci">\[[-0-9.]+, [-0-9.]+\]</span>', text)
 
 
+@pytest.mark.slow
 def test_pooled_pcc_joins_pcc_in_the_columns_asked_for(page, tmp_path):
     rd, _, _ = page
     text = _report(rd, tmp_path / "c.html", "--columns", "mse,PCC")
@@ -103,6 +104,7 @@ def test_no_flags_when_the_records_have_none(tmp_path):
     assert "No test-informed panel, no pretraining overlap recorded." in text
 
 
+@pytest.mark.slow
 def test_few_test_slides_say_too_few_and_print_no_p(tmp_path):
     """5 test slides x 2 seeds: 10 cells per configuration, but 5 units, and no p-value anywhere."""
     rd = tmp_path / "res"
@@ -137,6 +139,7 @@ def test_maps_without_he_say_why_and_name_the_gene(page):
     assert "the 2 best and worst genes by per-gene PCC and the named genes" in text
 
 
+@pytest.mark.slow
 def test_png_folder(page, tmp_path):
     rd, _, text = page  # svg: tests/test_report_filters.py
     out = tmp_path / "png"
@@ -154,6 +157,7 @@ def test_png_folder(page, tmp_path):
     (["--format", "html", "--output", "OUT", "--map-cells", "zzzz"], ["--map-cells zzzz", "no finished cell"]),
     (["--format", "png", "--output", "OUT/leaderboard.html/x"], ["--output"]),
 ])
+@pytest.mark.slow
 def test_errors_are_one_line_and_write_nothing(page, tmp_path, args, needles):
     rd, _, _ = page
     out = tmp_path / "o.html"
@@ -169,6 +173,7 @@ def test_errors_are_one_line_and_write_nothing(page, tmp_path, args, needles):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_map_cells_by_prefix(page, tmp_path):
     rd, _, _ = page
     cid = sorted(p.stem for p in (rd / "cells").glob("*.json"))[0]
@@ -210,6 +215,7 @@ def test_console_error_detection_works(tmp_path):
     assert any("notAFunction" in line for line in console)  # so an empty list below means something
 
 
+@pytest.mark.slow
 @NEEDS_BROWSER
 def test_browser_renders_without_console_errors_and_sorts(page):
     _, out, _ = page
@@ -253,6 +259,7 @@ def test_browser_screenshot_is_not_blank(page, tmp_path):
     assert rows.max() > 4000
 
 
+@pytest.mark.slow
 def test_store_and_mlflow_give_the_same_page(tmp_path):
     from flag_bench.store import ResultsStore
     from flag_bench.tracking import Tracker, default_tracking_uri

@@ -128,6 +128,7 @@ def test_rerun_command_finishes_the_plan(grid):
     assert opts["--genes"] == "5,10" and opts["--methods"] == "mean,ridge,knn" and opts["--encoder"] == "color-stats"
 
 
+@pytest.mark.slow
 def test_store_and_mlflow_print_the_same_bytes(grid):
     for args in ([], ["--format", "markdown"], ["--format", "csv"], ["--costs"], ["--ci"], ["--suite", "default"]):
         texts = [report(grid, "--source", s, *args).stdout for s in ("store", "mlflow")]

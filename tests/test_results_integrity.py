@@ -76,6 +76,7 @@ def shifted():
     Shifted.shift = 0.0
 
 
+@pytest.mark.slow
 def test_force_rerun_replaces_store_mlflow_artifacts_and_every_report(tmp_path, shifted, monkeypatch):
     import anndata as ad
 
@@ -230,6 +231,7 @@ def test_nan_slide_flag_is_absent_when_every_slide_counts():
 
 
 # -- 9. a results dir moved elsewhere ----------------------------------------------------------------
+@pytest.mark.slow
 def test_a_moved_results_dir_reports_from_both_sources_and_keeps_running(tmp_path):
     rd = tmp_path / "old" / "res"
     assert Driver(cfg(rd, methods=("mean", "ridge"))).run().ok == 6

@@ -58,6 +58,7 @@ def extra_methods():
     METHODS.unregister("mean-val")
 
 
+@pytest.mark.slow
 def test_grid_runs_logs_and_resumes(tmp_path):
     c = cfg(tmp_path)
     s = Driver(c).run()
@@ -88,6 +89,7 @@ def test_grid_runs_logs_and_resumes(tmp_path):
     assert s3.ok == 6 and scores(c.results_dir) == before
 
 
+@pytest.mark.slow
 def test_every_method_of_a_fold_is_scored_on_the_same_panel(tmp_path, extra_methods):
     c = cfg(tmp_path, methods=("mean", "ridge", "mean-val"), genes=(10, 20))
     s = Driver(c).run()
@@ -100,6 +102,7 @@ def test_every_method_of_a_fold_is_scored_on_the_same_panel(tmp_path, extra_meth
     assert len(panels) == 6 and all(len(ids) == 1 for ids in panels.values())
 
 
+@pytest.mark.slow
 def test_mean_control_scores_zero_and_ridge_beats_it(tmp_path):
     c = cfg(tmp_path, datasets=("synthetic:n_slides=4,spots_per_slide=120,n_genes=60,image_signal=1.0,seed=1",))
     Driver(c).run()
@@ -138,6 +141,7 @@ def test_interrupt_keeps_finished_cells_and_resume(tmp_path):
     assert (s2.skipped, s2.ok) == (2, 4)
 
 
+@pytest.mark.slow
 def test_cell_results_do_not_depend_on_the_rest_of_the_grid(tmp_path):
     big = cfg(tmp_path, methods=("mean", "ridge", "knn"), genes=(10, 20), results_dir=str(tmp_path / "big"))
     Driver(big).run()
@@ -149,6 +153,7 @@ def test_cell_results_do_not_depend_on_the_rest_of_the_grid(tmp_path):
     assert b[cid] == sc
 
 
+@pytest.mark.slow
 def test_dataset_parameter_order_does_not_make_new_cells(tmp_path):
     c = cfg(tmp_path, methods=("mean",), folds=(0,))
     Driver(c).run()

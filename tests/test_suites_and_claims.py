@@ -216,3 +216,16 @@ def test_a_task_gone_from_squeue_gets_the_nfs_grace_and_one_more_look(tmp_path, 
     monkeypatch.setattr(os, "listdir", real_listdir)
     result.unlink()
     assert sub.state(0, {}) == "lost"  # past the grace, and still no result: lost
+
+
+def test_two_plans_of_one_process_in_one_second_are_both_kept(tmp_path, monkeypatch):
+    import time as _time
+
+    from flag_bench.store import ResultsStore
+
+    store = ResultsStore(tmp_path)
+    monkeypatch.setattr(_time, "time", lambda: 1_800_000_000.25)  # the same instant, to the microsecond
+    first = store.write_plan({"methods": ["mean"]}, [{"cell_id": "a"}])
+    second = store.write_plan({"methods": ["ridge"]}, [{"cell_id": "b"}])
+    assert first != second
+    assert [p["grid_spec"]["methods"] for p in store.plans()] == [["mean"], ["ridge"]]  # oldest first

@@ -79,6 +79,7 @@ def test_limit_threads_applies_to_torch_openmp_blas_in_a_fresh_process():
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not __import__("shutil").which("taskset"),
                     reason="needs 2 CPUs and taskset")
+@pytest.mark.slow
 def test_affinity_mask_limits_threads():
     got = _probe({}, cpus={0})
     assert got["torch"] == 1 and got["env"] == ["1", "1", "1"]

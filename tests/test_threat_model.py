@@ -294,6 +294,7 @@ def test_d_predictions_left_by_earlier_cells_hold_no_truth(tmp_path, monkeypatch
     _stole_nothing(recs["artifact-thief"])
 
 
+@pytest.mark.slow
 def test_the_caller_frame_is_open_in_process_and_closed_isolated(tmp_path):
     """No in-process harness can close it (docs/threat-model.md): the thief reads the truths
     from _fit_predict's frame. Under --isolate the child's frames hold only the method's inputs."""
@@ -305,6 +306,7 @@ def test_the_caller_frame_is_open_in_process_and_closed_isolated(tmp_path):
 
 
 # -- check's walker follows what the thieves followed ------------------------------------------------
+@pytest.mark.slow
 def test_walker_flags_resolver_globals_that_lead_to_the_harness_memos():
     from flag_bench import cell, plan  # noqa: F401  (their memos exist)
     from flag_bench.datasets.fold import FoldBuilder

@@ -139,6 +139,7 @@ def test_unclamped_and_smoothed_options_run(views):
     assert all(np.isfinite(x).all() for x in a)
 
 
+@pytest.mark.slow
 def test_region_neighbourhood_source_runs(views):
     m, a = _fit(views, neighbour_source="region", feature_encoder="color-stats", epochs=1)
     assert "neighbour_source" not in m.summary["deviations"]
