@@ -39,6 +39,7 @@ class RunSummary:
     detached: bool = False
     collected: int = 0  # records of earlier detached submissions gathered at the start
     tracking_offline: str | None = None  # why MLflow logging stopped mid-run (sync-tracking fixes it)
+    unsaved_models: int = 0  # --save-models: finished cells skipped that hold no saved model
 
     @property
     def exit_code(self) -> int:
@@ -93,6 +94,11 @@ class Driver:
         where = f"{cfg.workers} worker(s)" if engine.runs_locally else f"executor {cfg.executor}"
         self.ui.print(f"flag-bench: {len(plan.tasks)} cells ({summary.skipped} already finished, {len(todo)} to run) "
                       f"on {device}, {where}; results in {cfg.results_dir}")
+        if cfg.save_models and not cfg.force:
+            # --save-models is not part of a cell: a cell finished without it is skipped, modelless
+            running = {t.cell.cell_id for t in todo}
+            done = (self.store.finished(t.cell.cell_id) for t in plan.tasks if t.cell.cell_id not in running)
+            summary.unsaved_models = sum(1 for rec in done if rec is not None and "model" not in rec.artifacts)
         with self.ui.session():
             if encode_device is not None:
                 summary.encoding_seconds = self._encode(plan, todo, encode_device)

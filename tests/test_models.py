@@ -324,6 +324,11 @@ def test_run_save_models_keeps_models_and_the_scores(tmp_path):
         assert read_model_json(folder)["cell_id"] == cell_id
         with pytest.raises(UserError, match="without --save-models; rerun that cell with"):
             find_model(tmp_path / "plain", cell_id)
+    # asking for models over cells finished without them says so, instead of skipping them silently
+    again = runner.invoke(app, [*base, "--results-dir", str(tmp_path / "plain"), "--save-models"])
+    assert again.exit_code == 0 and "2 already finished" in again.output
+    assert "--save-models: 2 already finished cell(s) have no saved model" in " ".join(again.output.split())
+    assert "--force" in again.output and not any("model" in r.artifacts for r in records("plain").values())
 
 
 @pytest.mark.slow

@@ -116,6 +116,9 @@ def _print_summary(console, summary, cfg) -> None:
     if summary.interrupted and summary.job:
         console.print(f"{summary.executor} job {summary.job} keeps running: `flag-bench collect --results-dir "
                       f"{cfg.results_dir}` gathers its cells")
+    if summary.unsaved_models:
+        console.print(f"note: --save-models: {summary.unsaved_models} already finished cell(s) have no saved model "
+                      "and were not recomputed; add --force to recompute them with their models")
     if summary.tracking_offline:
         console.print(f"[yellow]MLflow missed cells[/yellow] ({summary.tracking_offline}): `flag-bench sync-tracking "
                       f"--results-dir {cfg.results_dir} --tracking-uri {summary.tracking_uri}` logs them")
