@@ -180,11 +180,17 @@ def drop_counts(ds: SpatialDataset) -> SpatialDataset:
     gene pool (for a loader that can only read its counts, then drop them). The version changes
     with the mode (a content hash of what is served)."""
     import dataclasses
-    import hashlib
 
     if ds.image_only:
         return ds
     slides = tuple(dataclasses.replace(s, counts=no_counts(s.n_spots)) for s in ds.slides)
-    version = hashlib.sha256(f"{ds.version}|image-only".encode()).hexdigest()[:12]
-    return dataclasses.replace(ds, slides=slides, genes=(), gene_ids=(), version=version, image_only=True,
-                               meta={**ds.meta, "image_only": True})
+    return dataclasses.replace(ds, slides=slides, genes=(), gene_ids=(), version=image_only_version(ds.version),
+                               image_only=True, meta={**ds.meta, "image_only": True})
+
+
+def image_only_version(version: str) -> str:
+    """The version of a dataset's image-only form: another dataset (it serves other things), derived
+    from the full one's content version."""
+    import hashlib
+
+    return hashlib.sha256(f"{version}|image-only".encode()).hexdigest()[:12]

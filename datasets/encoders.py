@@ -18,13 +18,13 @@ part of the cell's identity).
 from __future__ import annotations
 
 import abc
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from flag_bench import hashing
 from flag_bench.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -39,11 +39,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _SHA_MEMO[key] = h.hexdigest()
+        _SHA_MEMO[key] = hashing.file_sha256(path)
     return _SHA_MEMO[key]
 
 

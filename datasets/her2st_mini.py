@@ -11,7 +11,6 @@ counts and gene list left unread (every slide an empty (n_spots, 0) count matrix
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -20,8 +19,9 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset, no_counts
+from flag_bench.datasets.base import PatchSpec, Slide, SpatialDataset, image_only_version, no_counts
 from flag_bench.errors import UserError
+from flag_bench.hashing import file_sha256
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "her2st_mini.h5"
 NAME = "her2st-mini"
@@ -35,11 +35,7 @@ def file_version(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _VERSION_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _VERSION_MEMO[key] = h.hexdigest()[:12]
+        _VERSION_MEMO[key] = file_sha256(path)[:12]
     return _VERSION_MEMO[key]
 
 
@@ -185,7 +181,7 @@ def _load_file(p: Path, image_only: bool = False) -> SpatialDataset:
     with h5py.File(p, "r") as f:
         a = dict(f.attrs)
         if image_only:  # another version: a dataset that serves other things is another dataset
-            version = hashlib.sha256(f"{version}|image-only".encode()).hexdigest()[:12]
+            version = image_only_version(version)
         else:
             genes = tuple(str(g) for g in _str_array(f["genes"]))
             gene_ids = tuple(str(g) for g in _str_array(f["gene_ids"]))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from flag_bench.errors import UserError
+from flag_bench.hashing import file_sha256
 from flag_bench.io import atomic_write_bytes, fsync_dir
 from flag_bench.record import SCHEMA_VERSION as RECORD_SCHEMA_VERSION
 from flag_bench.record import CellRecord
@@ -51,7 +51,6 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 ARTIFACTS = ("per_gene_metrics.csv", "config.json", "genes.txt")
 PREDICTIONS = "predictions.h5ad"
 MODEL_DIR = "model"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -296,14 +295,6 @@ def _write_archive(root: Path, archive: Path) -> None:
 
 
 # -- the manifest -------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files(root: Path) -> list[str]:
     """Every path under ``root`` as relative posix text; a link or special file is refused (it
     would read from outside the bundle)."""
@@ -318,7 +309,7 @@ def _files(root: Path) -> list[str]:
 
 
 def write_manifest(root: Path) -> Path:
-    lines = [f"{sha256_file(root / rel)}  {rel}\n" for rel in sorted(_files(root))]
+    lines = [f"{file_sha256(root / rel)}  {rel}\n" for rel in sorted(_files(root))]
     return atomic_write_bytes(root / MANIFEST, "".join(lines).encode())
 
 
@@ -341,7 +332,7 @@ def verify(root: Path, shown: str) -> None:
             problems.append(f"{shown}/{rel}: listed in the bundle's {MANIFEST} but missing (removed after export)")
         elif rel not in listed:
             problems.append(f"{shown}/{rel}: not listed in the bundle's {MANIFEST} (added after export)")
-        elif sha256_file(root / rel) != listed[rel]:
+        elif file_sha256(root / rel) != listed[rel]:
             problems.append(f"{shown}/{rel}: sha256 differs from the bundle's {MANIFEST} (edited or damaged after "
                             "export)")
     if problems:

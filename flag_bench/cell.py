@@ -15,7 +15,7 @@ import itertools
 import time
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 from flag_bench.errors import CellFailure, UserError
 from flag_bench import resolve
@@ -60,17 +60,27 @@ def run_encoder(task: CellTask):
     """The task's encoder as this process resolves it, checked against the plan: a worker that
     finds other weights (another FLAG_BENCH_<NAME>_WEIGHTS, a changed file) would compute numbers
     the cell id does not describe."""
+    info = task.protocol.get("encoder_info") or {}
+    # a task without an encoder card (built by hand, not planned) has nothing to check against
+    return recorded_encoder(task.encoder, task.cell.encoder, info, whose="the plan",
+                            fix="give every worker the same weights file", check=bool(info))
+
+
+def recorded_encoder(name: str, identity: str, info: Mapping[str, Any], *, whose: str, fix: str, check: bool = True):
+    """Encoder ``name`` as this process resolves it, whose identity must be the recorded ``identity``
+    (``info``: the protocol card's encoder_info, which also hands over the planning process's hash
+    of the weights file, so a worker need not read a multi-GB file again); else one line naming
+    both weights files, ``whose`` record used the other, and the ``fix``."""
     from flag_bench.datasets.encoders import remember_sha256
 
-    info = task.protocol.get("encoder_info") or {}
     w = info.get("weights") or {}
     if w.get("path") and w.get("sha256") and "mtime_ns" in w:
         remember_sha256(w["path"], int(w["bytes"]), int(w["mtime_ns"]), str(w["sha256"]))
-    encoder = resolve.encoder(task.encoder)
-    if info and encoder_identity(encoder) != task.cell.encoder:
+    encoder = resolve.encoder(name)
+    if check and encoder_identity(encoder) != identity:
         found = getattr(encoder, "weights_file", lambda: None)()
-        raise UserError(f"encoder {task.encoder}: this process finds weights {found} ({encoder_identity(encoder)}), "
-                        f"the plan used {w.get('path')} ({task.cell.encoder}); give every worker the same weights file")
+        raise UserError(f"encoder {name}: this process finds weights {found} ({encoder_identity(encoder)}), "
+                        f"{whose} used {w.get('path')} ({identity}); {fix}")
     return encoder
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from typing import Any
 
 
@@ -20,6 +21,16 @@ def _default(o: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks; never memoised (a manifest check must
+    read what is on disk now: datasets.encoders.file_sha256 memoises on size and mtime for weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def short_hash(value: Any, n: int = 12) -> str:

@@ -22,7 +22,6 @@ restricted unpickler is what keeps a crafted skeleton from running code (docs/th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from flag_bench import resolve
 from flag_bench.errors import UserError
+from flag_bench.hashing import file_sha256
 from flag_bench.io import fsync_dir
 from flag_bench.record import jsonable
 
@@ -80,14 +80,6 @@ class ModelInfo:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -185,7 +177,7 @@ def save_model(method: Savable, out_dir: Path | str, *, task: CellTask, panel_ge
         _write_synced(tmp / CONFIG_JSON, _json_bytes(config))
         _write_synced(tmp / CARD_JSON, _json_bytes(jsonable(task.method_cls.card.to_dict())))
         info = model_json(task, state.meta, panel_genes, class_path(task.method_cls), gene_ids)
-        info["files"] = {name: _sha256(tmp / name) for name in FILES}
+        info["files"] = {name: file_sha256(tmp / name) for name in FILES}
         _write_synced(tmp / MODEL_JSON, _json_bytes(info))
         os.chmod(tmp, 0o777 & ~_umask())
         fsync_dir(tmp)
@@ -252,7 +244,7 @@ def verify_files(model_dir: Path | str, info: Mapping[str, Any]) -> None:
         path = folder / name
         if not path.is_file():
             raise UserError(f"{path}: missing from the saved model")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise UserError(f"{path}: sha256 differs from the one model.json records: the file was changed or "
                             "damaged after the model was saved; copy the model folder again")
 

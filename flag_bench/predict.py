@@ -66,21 +66,10 @@ class Predictions:
 def model_encoder(info: Any) -> Encoder:
     """The model's encoder as this machine resolves it, checked against the one it was fitted
     with (a foundation model's weights enter its identity: other weights, other numbers)."""
-    from flag_bench.datasets.encoders import remember_sha256
-    from flag_bench.plan import encoder_identity
+    from flag_bench.cell import recorded_encoder
 
-    enc_info = dict(getattr(info, "encoder_info", None) or {})
-    w = enc_info.get("weights") or {}
-    if w.get("path") and w.get("sha256") and "mtime_ns" in w:
-        remember_sha256(w["path"], int(w["bytes"]), int(w["mtime_ns"]), str(w["sha256"]))
-    name = str(info.encoder)
-    encoder = resolve.encoder(name)
-    fitted = _encoder_identity(info)
-    if encoder_identity(encoder) != fitted:
-        found = getattr(encoder, "weights_file", lambda: None)()
-        raise UserError(f"model {info.cell_id}: encoder {name} here is {encoder_identity(encoder)} (weights {found}), "
-                        f"the model was fitted with {fitted} ({w.get('path')}); give the same weights file")
-    return encoder
+    return recorded_encoder(str(info.encoder), _encoder_identity(info), dict(getattr(info, "encoder_info", None) or {}),
+                            whose=f"the model {info.cell_id}", fix="give the same weights file")
 
 
 def _encoder_identity(info: Any) -> str:

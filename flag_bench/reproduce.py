@@ -237,7 +237,7 @@ def check_dataset(record: CellRecord) -> str:
     spec = DatasetSpec.parse(cell.dataset_spec)
     # the files as they are now, not this process's memo of them (a test or a session that loaded
     # the dataset before a file changed)
-    resolve._DATASET_MEMO.pop(spec.key, None)
+    resolve.forget_dataset(spec)
     ds = resolve.dataset(spec)
     if ds.version != cell.dataset_version:
         raise UserError(f"dataset {spec.key}: its content version is {ds.version} now, the cell was computed on "

@@ -63,9 +63,20 @@ def dataset(spec: DatasetSpec | str, *, image_only: bool = False) -> SpatialData
             ds = drop_counts(ds)
         return ds
 
-    # the two modes serve different things, so never one for the other; a full load keeps the
-    # bare spec key (callers forget a dataset by it: flag_bench/reproduce.py)
-    return _DATASET_MEMO.get_or_compute((spec.key, "image-only") if image_only else spec.key, load)
+    # the two modes serve different things, so never one for the other
+    return _DATASET_MEMO.get_or_compute(_dataset_key(spec, image_only), load)
+
+
+def _dataset_key(spec: DatasetSpec, image_only: bool):
+    return (spec.key, "image-only") if image_only else spec.key
+
+
+def forget_dataset(spec: DatasetSpec | str) -> None:
+    """Drop this process's memo of a dataset (both modes), so the next ``dataset`` reads its files
+    as they are now (``flag-bench reproduce`` checks the content version of the files on disk)."""
+    spec = DatasetSpec.parse(spec)
+    for image_only in (False, True):
+        _DATASET_MEMO.pop(_dataset_key(spec, image_only), None)
 
 
 def _takes_image_only(loader) -> bool:
