@@ -20,7 +20,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from flag_bench.cluster import ENGINES, engine
 from flag_bench.errors import UserError
@@ -161,7 +161,6 @@ class RunConfig:
 EXECUTORS = ("local", *ENGINES)  # local: this machine (serial or a --workers pool); the rest: flag_bench/cluster
 
 
-_CONVERT: dict[str, Callable[[Any], Any]] = converters(RunConfig)
 # keys that describe where and how a grid runs, not what it computes
 NOT_GRID_KEYS = not_grid_keys(RunConfig)
 
@@ -197,7 +196,7 @@ def load_config_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, An
         if key not in names:
             raise UserError(f"{path}: unknown key '{key}' in [run] (keys: {', '.join(sorted(names))})")
         try:
-            _CONVERT[key](run[key])
+            converters(RunConfig)[key](run[key])  # cached: one table per class
         except UserError as exc:
             raise UserError(f"{path}: [run] {key}: {exc}") from None
     methods = data.get("methods", {})
